@@ -1,0 +1,70 @@
+"""Settings: where the control-plane database, the lakehouse and Ray are.
+
+Command-line options override the environment (`IPAI_DATABASE_URL`, `IPAI_LAKEHOUSE_URI`,
+`RAY_ADDRESS`, `IPAI_HOME`), which overrides `<home>/config.toml`, which overrides the defaults:
+an embedded PostgreSQL in `<home>/pgdata`, a lakehouse folder `<home>/lakehouse`, a local Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+CONFIG_KEYS = ("database_url", "lakehouse_uri", "ray_address")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one command or run."""
+
+    home: Path
+    database_url: str | None
+    """None means: start the embedded PostgreSQL in `home / "pgdata"`."""
+    lakehouse_uri: str
+    ray_address: str | None
+
+    @property
+    def embedded_pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        database_url: str | None = None,
+        lakehouse_uri: str | None = None,
+        ray_address: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Combine options, environment, config file and defaults, in that order of precedence."""
+        env = os.environ if environ is None else environ
+        home = Path(env.get("IPAI_HOME") or Path.home() / ".ipai").expanduser().resolve()
+        file_values = _read_config(home / "config.toml")
+        lakehouse = (lakehouse_uri or env.get("IPAI_LAKEHOUSE_URI") or file_values.get("lakehouse_uri")
+                     or str(home / "lakehouse"))
+        if "://" not in lakehouse:
+            lakehouse = str(Path(lakehouse).expanduser().resolve())
+        return cls(
+            home=home,
+            database_url=database_url or env.get("IPAI_DATABASE_URL") or file_values.get("database_url"),
+            lakehouse_uri=lakehouse,
+            ray_address=ray_address or env.get("RAY_ADDRESS") or file_values.get("ray_address"),
+        )
+
+
+def _read_config(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc}); fix or remove the file") from None
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {', '.join(unknown)}; known keys: {', '.join(CONFIG_KEYS)}")
+    return {k: str(v) for k, v in data.items()}

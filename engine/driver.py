@@ -1,0 +1,443 @@
+"""The driver: one per run. Plans partitions, runs them as Ray tasks, hands their Arrow tables to one
+bronze writer actor per table, and checkpoints each partition only after its data is committed.
+
+    plan (per stream, from state) -> read tasks (bounded in flight, ray.wait) -> writer actors
+    (batched Delta commit + Postgres load, idempotent per partition) -> ack -> connector_state ->
+    stream done -> cursor advances -> run row updated
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+import ray
+
+from connectors import connector_for
+from engine import control, state
+from engine.config import Settings
+from engine.db import Database, migrate
+from engine.errors import ConfigError, IpaiError, RunCancelled, RunFailed
+from engine.faults import DriverCrash, FaultPlan, crash_point
+from engine.protocol import Partition, PlanContext, ReadContext, Stream
+from engine.raytime import cluster_cpus, ensure_ray, read_partition
+from engine.spec import ConnectorSpec, SecretRef, redact_url, selected_streams
+from layers.bronze import Ack, BronzeTarget, BronzeWriter
+from layers.delta import table_uri
+
+HEARTBEAT_S = 1.0
+WRITES_IN_FLIGHT = 2  # per writer: one committing, one queued behind it
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run was asked for (not part of the spec)."""
+
+    full_refresh: bool = False
+    trigger: str = "cli"
+    dashboard: bool = False
+    lease_seconds: float = 120.0
+    """An active run whose heartbeat is older than this is taken as dead and marked failed."""
+    faults: FaultPlan | None = None
+
+
+@dataclass
+class Progress:
+    """A snapshot of a run for progress displays."""
+
+    run_id: str
+    partitions_total: int = 0
+    partitions_done: int = 0
+    rows: int = 0
+    rows_by_stream: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / max(1e-6, time.monotonic() - self.started)
+
+
+@dataclass(frozen=True)
+class TableLocation:
+    stream: str
+    delta_uri: str | None
+    postgres_table: str | None
+    cursor: Any
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    instance_id: str
+    status: str
+    rows: int
+    rows_by_stream: dict[str, int]
+    partitions: int
+    seconds: float
+    tables: list[TableLocation]
+
+
+@dataclass
+class _StreamRun:
+    """Driver-side bookkeeping of one stream in this run."""
+
+    stream: Stream
+    extraction: state.Extraction
+    writer: Any
+    target: BronzeTarget
+    remaining: int  # partitions not yet recorded
+    queued: deque[Partition] = field(default_factory=deque)
+    reading: int = 0
+    writing: int = 0
+    pending: list[tuple[Partition, Any, int]] = field(default_factory=list)  # (partition, table ref, rows)
+    cursor: Any = None
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(n for _, _, n in self.pending)
+
+
+def run_sync(
+    spec: ConnectorSpec, yaml_text: str, *, db: Database, settings: Settings, options: RunOptions = RunOptions(),
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunResult:
+    """Run one sync of `spec` to completion; raise RunFailed / RunCancelled with the run id on failure."""
+    instance_id, run_id = prepare_run(spec, yaml_text, db=db, options=options)
+    return execute_run(spec, db=db, settings=settings, options=options, instance_id=instance_id, run_id=run_id,
+                       on_progress=on_progress)
+
+
+def prepare_run(spec: ConnectorSpec, yaml_text: str, *, db: Database, options: RunOptions) -> tuple[str, str]:
+    """Register the spec and create its run row; return (instance id, run id).
+
+    Raises RunConflict with the active run's id when the instance is already running.
+    """
+    with db.connect() as conn:
+        migrate(conn)
+        reg = control.register(conn, spec, yaml_text)
+        _expire_stale_run(conn, reg.instance_id, options.lease_seconds)
+        run_id = control.start_run(conn, reg.instance_id, reg.definition_id, trigger=options.trigger,
+                                   full_refresh=options.full_refresh)
+    return reg.instance_id, run_id
+
+
+def execute_run(
+    spec: ConnectorSpec, *, db: Database, settings: Settings, options: RunOptions, instance_id: str, run_id: str,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunResult:
+    """Execute a run prepared by `prepare_run` (possibly in another process)."""
+    conn = db.connect()
+    try:
+        return _Run(spec, conn, db, settings, options, instance_id, run_id, on_progress).execute()
+    finally:
+        conn.close()
+
+
+def _expire_stale_run(conn: psycopg.Connection[Any], instance_id: str, lease_seconds: float) -> None:
+    conn.execute(
+        "update connector_runs set status = 'failed', ended_at = now(),"
+        " error = 'lease expired: the driver stopped heartbeating; the next run resumes from committed state'"
+        " where instance_id = %s and status = 'running' and heartbeat_at < now() - make_interval(secs => %s)",
+        (instance_id, lease_seconds),
+    )
+
+
+class _Run:
+    def __init__(
+        self, spec: ConnectorSpec, conn: psycopg.Connection[Any], db: Database, settings: Settings,
+        options: RunOptions, instance_id: str, run_id: str, on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.spec, self.conn, self.db, self.settings, self.options = spec, conn, db, settings, options
+        self.instance_id, self.run_id = instance_id, run_id
+        self.on_progress = on_progress
+        self.progress = Progress(run_id)
+        self.streams: dict[str, _StreamRun] = {}
+        self.reads: dict[Any, tuple[_StreamRun, Partition, Any]] = {}  # rows ref -> (stream, partition, table ref)
+        self.writes: dict[Any, tuple[_StreamRun, list[tuple[Partition, Any, int]]]] = {}
+        self.timings: dict[str, float] = {}
+        self.last_beat = 0.0
+
+    def log(self, level: str, event: str, message: str, **fields: Any) -> None:
+        control.log(self.conn, self.run_id, level, event, message, **fields)
+
+    def execute(self) -> RunResult:
+        t0 = time.monotonic()
+        current: str = "planning"
+        try:
+            self.log("info", "run.started", f"run of {self.spec.name} ({self.spec.source_type}) started",
+                     full_refresh=self.options.full_refresh, trigger=self.options.trigger)
+            self._plan()
+            self.timings["plan_s"] = round(time.monotonic() - t0, 3)
+            current = "reading"
+            if any(s.queued for s in self.streams.values()):
+                ensure_ray(self.settings.ray_address, dashboard=self.options.dashboard)
+                self._start_writers()
+            self._loop()
+            self.timings["total_s"] = round(time.monotonic() - t0, 3)
+            control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
+                                    partitions_done=self.progress.partitions_done,
+                                    partitions_total=self.progress.partitions_total,
+                                    rows_by_stream=self.progress.rows_by_stream)
+            control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings)
+            self.log("info", "run.succeeded", f"{self.progress.rows} rows in {self.timings['total_s']} s",
+                     rows=self.progress.rows, rows_by_stream=self.progress.rows_by_stream)
+            return self._result("succeeded", t0)
+        except KeyboardInterrupt:
+            self._drain_after_interrupt()
+            msg = "cancelled by the user; committed partitions stay committed and the next run resumes"
+            self._end("cancelled", msg, t0)
+            raise RunCancelled(f"run {self.run_id} {msg}", run_id=self.run_id) from None
+        except DriverCrash:
+            raise  # stands for the driver process dying: nothing more happens on this side
+        except IpaiError as exc:
+            self._end("failed", str(exc), t0)
+            raise RunFailed(f"run {self.run_id} failed while {current}: {exc}", run_id=self.run_id) from None
+        except Exception as exc:  # noqa: BLE001 - every other failure is reported on the run, then raised as ours
+            msg = _describe(exc)
+            self._end("failed", msg, t0)
+            raise RunFailed(f"run {self.run_id} failed while {current}: {msg}", run_id=self.run_id) from None
+        finally:
+            self._stop_writers()
+
+    # -- planning -------------------------------------------------------------------------------------
+
+    def _plan(self) -> None:
+        connector = connector_for(self.spec)
+        offered = {s.name: s for s in connector.streams(self.spec)}
+        try:
+            names = selected_streams(self.spec, list(offered))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.options.full_refresh:
+            state.abandon_open_extractions(self.conn, self.instance_id, names)
+        for name in names:
+            stream = offered[name]
+            mode = self.spec.stream_mode(name)
+            if mode == "cdc":
+                raise ConfigError(f"stream {name}: source_type {self.spec.source_type!r} has no change log; "
+                                  "use sync_mode incremental or full")
+            extraction = None if self.options.full_refresh else state.open_extraction(
+                self.conn, self.instance_id, name)
+            if extraction is None:
+                cursor = None
+                if mode == "incremental" and not self.options.full_refresh:
+                    cursor = state.get_cursor(self.conn, self.instance_id, name)
+                plan = stream.plan(PlanContext(sync_mode=mode, cursor=cursor,
+                                               run_started_at=datetime.now(timezone.utc)))
+                extraction = state.create_extraction(self.conn, self.instance_id, name, run_id=self.run_id,
+                                                     sync_mode=mode, cursor_from=cursor, plan=plan)
+            done = state.committed_keys(self.conn, extraction.id)
+            todo = [p for p in extraction.partitions if extraction.commit_id(p) not in done]
+            target = self._target(name)
+            run = _StreamRun(stream, extraction, writer=None, target=target, remaining=len(todo),
+                             queued=deque(todo))
+            self.streams[name] = run
+            self.progress.partitions_total += len(extraction.partitions)
+            self.progress.partitions_done += len(extraction.partitions) - len(todo)
+            self.progress.rows_by_stream[name] = 0
+            self.log("info", "stream.planned",
+                     f"{name}: {len(todo)} of {len(extraction.partitions)} partitions to read"
+                     + (" (resuming an unfinished extraction)" if extraction.resumed else ""),
+                     stream=name, extraction_id=extraction.id, partitions=len(extraction.partitions),
+                     to_read=len(todo), resumed=extraction.resumed, sync_mode=extraction.sync_mode,
+                     cursor_from=extraction.cursor_from, cursor_to=extraction.cursor_to)
+            if not todo:
+                self._finish_stream(run)
+
+    def _target(self, stream: str) -> BronzeTarget:
+        table = f"raw_{self.spec.name}_{stream}"
+        dest = self.spec.destinations
+        delta_uri = None
+        if dest.lakehouse.enabled:
+            delta_uri = table_uri(dest.lakehouse.uri or self.settings.lakehouse_uri, "bronze", table)
+        pg_url = None
+        if dest.postgres.enabled:
+            if isinstance(dest.postgres.url, SecretRef):
+                raise ConfigError("destinations.postgres.url: secret references need the Vault, which this "
+                                  "platform version does not have yet; give the URL or leave it unset")
+            pg_url = dest.postgres.url or self.db.url
+        return BronzeTarget(table, delta_uri, pg_url, dest.postgres.bronze_schema)
+
+    # -- running --------------------------------------------------------------------------------------
+
+    def _start_writers(self) -> None:
+        actor_cls = ray.remote(BronzeWriter)
+        for name, run in self.streams.items():
+            if run.queued:
+                run.writer = actor_cls.options(
+                    name=f"bronze {run.target.table} {self.run_id[:8]}", num_cpus=0,
+                    max_restarts=4, max_task_retries=4,
+                ).remote(run.target, self.options.faults)
+
+    def _stop_writers(self) -> None:
+        for run in self.streams.values():
+            if run.writer is not None:
+                try:
+                    ray.get(run.writer.close.remote(), timeout=30)
+                except Exception:  # noqa: BLE001 - a writer that cannot close is killed below anyway
+                    pass
+                ray.kill(run.writer)
+                run.writer = None
+
+    def _loop(self) -> None:
+        cpus = cluster_cpus() if ray.is_initialized() else 1
+        max_reads = self.spec.tuning.max_in_flight or 2 * cpus
+        commit_rows = self.spec.tuning.commit_rows
+        buffer_limit = 4 * commit_rows
+        order = deque(r for r in self.streams.values() if r.queued)
+        while any(r.remaining for r in self.streams.values()):
+            buffered = sum(r.pending_rows for r in self.streams.values()) + sum(
+                n for _, batch in self.writes.values() for _, _, n in batch)
+            while order and len(self.reads) < max_reads and buffered < buffer_limit:
+                run = order.popleft()
+                self._submit_read(run, run.queued.popleft())
+                if run.queued:
+                    order.append(run)
+            for run in self.streams.values():
+                if run.pending and run.writing < WRITES_IN_FLIGHT and (
+                    run.writing == 0 or run.pending_rows >= commit_rows
+                    or (not run.queued and not run.reading)
+                ):
+                    self._submit_write(run)
+            refs = list(self.reads) + list(self.writes)
+            if not refs:
+                raise RuntimeError("driver stalled: partitions remain but nothing is running")  # a bug, not input
+            ready, _ = ray.wait(refs, num_returns=1, timeout=HEARTBEAT_S)
+            for ref in ready:
+                if ref in self.reads:
+                    self._read_done(ref)
+                else:
+                    self._write_done(ref)
+            self._beat()
+
+    def _submit_read(self, run: _StreamRun, partition: Partition) -> None:
+        ext = run.extraction
+        ctx = ReadContext(run_id=self.run_id, instance_id=self.instance_id)
+        table_ref, rows_ref = read_partition.options(
+            name=f"read {self.spec.name}.{run.stream.name} {partition.label}",
+            max_retries=self.spec.tuning.read_retries,
+        ).remote(run.stream, partition, ctx, ext.id, ext.commit_id(partition), self.options.faults)
+        self.reads[rows_ref] = (run, partition, table_ref)
+        run.reading += 1
+
+    def _read_done(self, rows_ref: Any) -> None:
+        run, partition, table_ref = self.reads.pop(rows_ref)
+        run.reading -= 1
+        try:
+            rows = ray.get(rows_ref)
+        except Exception as exc:  # noqa: BLE001 - reported with the partition it belongs to
+            raise RunFailed(f"stream {run.stream.name}, partition {partition.key}: {_describe(exc)}",
+                            run_id=self.run_id) from None
+        if rows == 0:
+            self._checkpoint(run, [(partition, 0)])
+        else:
+            run.pending.append((partition, table_ref, rows))
+
+    def _submit_write(self, run: _StreamRun) -> None:
+        batch, run.pending = run.pending, []
+        ext = run.extraction
+        ref = run.writer.write.options(name=f"write {self.spec.name}.{run.stream.name}").remote(
+            [ext.commit_id(p) for p, _, _ in batch], *[t for _, t, _ in batch])
+        self.writes[ref] = (run, batch)
+        run.writing += 1
+
+    def _write_done(self, ref: Any) -> None:
+        run, batch = self.writes.pop(ref)
+        run.writing -= 1
+        try:
+            acks: list[Ack] = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001
+            keys = ", ".join(p.key for p, _, _ in batch[:3])
+            raise RunFailed(f"stream {run.stream.name}: writing {run.target.table} failed for partitions {keys}"
+                            f"{' ...' if len(batch) > 3 else ''}: {_describe(exc)}", run_id=self.run_id) from None
+        self._checkpoint(run, [(p, a.rows) for (p, _, _), a in zip(batch, acks, strict=True)])
+
+    def _checkpoint(self, run: _StreamRun, committed: list[tuple[Partition, int]]) -> None:
+        crash_point(self.options.faults, "driver.before_checkpoint", in_driver=True)
+        state.record_partitions(self.conn, self.instance_id, run.extraction, self.run_id, committed)
+        crash_point(self.options.faults, "driver.after_checkpoint", in_driver=True)
+        rows = sum(n for _, n in committed)
+        run.remaining -= len(committed)
+        self.progress.partitions_done += len(committed)
+        self.progress.rows += rows
+        self.progress.rows_by_stream[run.stream.name] += rows
+        if run.remaining == 0:
+            self._finish_stream(run)
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    def _finish_stream(self, run: _StreamRun) -> None:
+        run.cursor = state.finish_extraction(self.conn, self.instance_id, run.extraction, self.run_id)
+        self.log("info", "stream.done", f"{run.stream.name}: extraction complete, cursor at {run.cursor}",
+                 stream=run.stream.name, cursor=run.cursor, rows=self.progress.rows_by_stream[run.stream.name])
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now - self.last_beat < HEARTBEAT_S:
+            return
+        self.last_beat = now
+        control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
+                                partitions_done=self.progress.partitions_done,
+                                partitions_total=self.progress.partitions_total,
+                                rows_by_stream=self.progress.rows_by_stream)
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    # -- ending ---------------------------------------------------------------------------------------
+
+    def _drain_after_interrupt(self) -> None:
+        """Stop reading; let writes already under way finish and record them, so their work is kept."""
+        for ref, (_, _, table_ref) in list(self.reads.items()):
+            ray.cancel(table_ref, force=True)
+        self.reads.clear()
+        deadline = time.monotonic() + 30
+        while self.writes and time.monotonic() < deadline:
+            try:
+                ready, _ = ray.wait(list(self.writes), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    self._write_done(ref)
+            except KeyboardInterrupt:
+                break
+            except RunFailed:
+                continue
+
+    def _end(self, status: str, message: str, t0: float) -> None:
+        self.timings["total_s"] = round(time.monotonic() - t0, 3)
+        try:
+            control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
+                                    partitions_done=self.progress.partitions_done,
+                                    partitions_total=self.progress.partitions_total,
+                                    rows_by_stream=self.progress.rows_by_stream)
+            control.finish_run(self.conn, self.run_id, status=status, error=message, timings=self.timings)
+            self.log("error" if status == "failed" else "warning", f"run.{status}", message)
+        except psycopg.Error:
+            pass  # the control plane itself is gone; the lease will expire and mark the run failed
+
+    def _result(self, status: str, t0: float) -> RunResult:
+        tables = [
+            TableLocation(name, r.target.delta_uri,
+                          f"{r.target.postgres_schema}.{r.target.table}" if r.target.postgres_url else None,
+                          r.cursor)
+            for name, r in self.streams.items()
+        ]
+        return RunResult(self.run_id, self.instance_id, status, self.progress.rows,
+                         dict(self.progress.rows_by_stream), self.progress.partitions_total,
+                         round(time.monotonic() - t0, 3), tables)
+
+
+def _describe(exc: BaseException) -> str:
+    """Return a one-line description of an exception, without a traceback; URLs have passwords redacted."""
+    cause = exc
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+        inner = getattr(exc, "cause", None)
+        if inner is not None:
+            cause = inner
+    text = str(cause).strip().splitlines()
+    first = next((line for line in reversed(text) if line.strip()), type(cause).__name__) if text else type(cause).__name__
+    return redact_url(f"{type(cause).__name__}: {first}")

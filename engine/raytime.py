@@ -1,0 +1,60 @@
+"""Joining or starting Ray, and the remote functions the driver schedules."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from engine.faults import FaultPlan, crash_point
+from engine.protocol import Partition, ReadContext, Stream
+
+SYSTEM_COLUMNS = ("_ipai_run_id", "_ipai_extraction_id", "_ipai_partition", "_ipai_extracted_at")
+
+
+def ensure_ray(address: str | None = None, *, dashboard: bool = False) -> None:
+    """Connect to the Ray cluster at `address`, or start a local one; reuse a connection already made.
+
+    A local instance lets Ray pick free ports (its GCS would otherwise default to 6379, which Redis
+    often holds) and keeps worker logs out of the terminal.
+    """
+    if ray.is_initialized():
+        return
+    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                              "configure_logging": True}
+    if address:
+        ray.init(address=address, **common)
+        return
+    ray.init(include_dashboard=dashboard, num_cpus=os.cpu_count(), **common)
+
+
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@ray.remote(num_returns=2)
+def read_partition(
+    stream: Stream, partition: Partition, ctx: ReadContext, extraction_id: str, commit_id: str,
+    faults: FaultPlan | None,
+) -> tuple[pa.Table | None, int]:
+    """Read one partition into an Arrow table stamped with the bronze system columns; return (table, rows)."""
+    reader = stream.open(ctx)
+    batches = list(reader.read(partition))
+    crash_point(faults, "read.after_fetch")
+    if not batches:
+        return None, 0
+    table = pa.Table.from_batches(batches)
+    n = table.num_rows
+    now = datetime.now(timezone.utc)
+    for name, value, typ in (
+        ("_ipai_run_id", ctx.run_id, pa.string()),
+        ("_ipai_extraction_id", extraction_id, pa.string()),
+        ("_ipai_partition", commit_id, pa.string()),
+        ("_ipai_extracted_at", now, pa.timestamp("us", tz="UTC")),
+    ):
+        table = table.append_column(pa.field(name, typ), pa.repeat(pa.scalar(value, typ), n))
+    return table, n

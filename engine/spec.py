@@ -1,0 +1,214 @@
+"""Connector spec models: what a data engineer writes in `specs/<name>.yaml`.
+
+A spec is validated data (STYLE 6). Every connector module defines a subclass of `ConnectorSpec`
+whose `source_type` is a `Literal` and whose `source` field is that connector's own config model;
+`connectors.AnySpec` is the discriminated union of them, and `specs/schema.json` is generated from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
+SyncMode = Literal["full", "incremental", "cdc"]
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: unknown fields are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class SecretRef(SpecModel):
+    """A reference to a secret kept in the Vault, resolved by workers at run time."""
+
+    secret: str = Field(pattern=NAME_PATTERN)
+    """Name of the secret, as stored with `ipai secret set NAME`."""
+
+
+class NoAuth(SpecModel):
+    """The source needs no credentials."""
+
+    type: Literal["none"] = "none"
+
+
+class ApiKeyAuth(SpecModel):
+    """An API key sent in a header or a query parameter."""
+
+    type: Literal["api_key"]
+    key: SecretRef
+    """The key itself, by reference."""
+    header: str | None = "X-API-Key"
+    """Header carrying the key; set to null and use `query_param` to send it in the URL instead."""
+    query_param: str | None = None
+    """Query parameter carrying the key, when the API wants it in the URL."""
+
+
+class BearerAuth(SpecModel):
+    """A static bearer token (`Authorization: Bearer ...`)."""
+
+    type: Literal["bearer"]
+    token: SecretRef
+
+
+class BasicAuth(SpecModel):
+    """HTTP basic authentication."""
+
+    type: Literal["basic"]
+    username: str
+    password: SecretRef
+
+
+class OAuth2RefreshAuth(SpecModel):
+    """OAuth 2.0 with a refresh token exchanged for short-lived access tokens."""
+
+    type: Literal["oauth2_refresh"]
+    token_url: str
+    client_id: str
+    client_secret: SecretRef
+    refresh_token: SecretRef
+    scopes: tuple[str, ...] = ()
+
+
+class ServiceAccountAuth(SpecModel):
+    """A Google service account: a signed JWT exchanged for an access token."""
+
+    type: Literal["service_account"]
+    key_json: SecretRef
+    """The service account's JSON key, by reference."""
+    scopes: tuple[str, ...] = ()
+
+
+Auth = Annotated[
+    NoAuth | ApiKeyAuth | BearerAuth | BasicAuth | OAuth2RefreshAuth | ServiceAccountAuth,
+    Field(discriminator="type"),
+]
+
+
+class StreamSpec(SpecModel):
+    """One stream to sync, with optional per-stream overrides."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Stream name as the connector publishes it (see `ipai spec schema` for each connector's streams)."""
+    sync_mode: SyncMode | None = None
+    """Overrides the spec's `sync_mode` for this stream."""
+    enabled: bool = True
+
+
+class LakehouseDestination(SpecModel):
+    """The Delta lakehouse: bronze tables land under `<uri>/bronze/raw_<name>_<stream>`."""
+
+    enabled: bool = True
+    uri: str | None = None
+    """A folder or `s3://` URI; defaults to `IPAI_LAKEHOUSE_URI`, then to the local data folder."""
+
+
+class PostgresDestination(SpecModel):
+    """Postgres or Supabase: bronze tables land in schema `bronze` through ADBC bulk loads."""
+
+    enabled: bool = True
+    url: str | SecretRef | None = None
+    """Connection URL; defaults to the control-plane database (`IPAI_DATABASE_URL` or the embedded one)."""
+    bronze_schema: str = Field(default="bronze", pattern=NAME_PATTERN)
+
+
+class Destinations(SpecModel):
+    """Where the data lands. Both are on by default."""
+
+    lakehouse: LakehouseDestination = LakehouseDestination()
+    postgres: PostgresDestination = PostgresDestination()
+
+    @model_validator(mode="after")
+    def _one_enabled(self) -> Destinations:
+        if not (self.lakehouse.enabled or self.postgres.enabled):
+            raise ValueError("enable at least one destination (lakehouse or postgres)")
+        return self
+
+
+class Tuning(SpecModel):
+    """How a run is spread over the Ray cluster."""
+
+    max_in_flight: int | None = Field(default=None, ge=1, le=1024)
+    """Read tasks running at once; defaults to twice the cluster's CPUs."""
+    commit_rows: int = Field(default=1_000_000, ge=1)
+    """Rows gathered from finished partitions before one Delta commit and one Postgres load."""
+    read_retries: int = Field(default=3, ge=0, le=20)
+    """Times Ray retries a read task whose worker died or that raised a transient error."""
+
+
+class ConnectorSpec(SpecModel):
+    """Fields every connector spec shares; each connector narrows `source_type` and `source`."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Connector instance name: lower case, digits and `_`. Bronze tables are `raw_<name>_<stream>`."""
+    source_type: str
+    """Which connector reads the source (`ipai spec validate` lists the known ones)."""
+    description: str = ""
+    env: str = Field(default="dev", pattern=NAME_PATTERN)
+    """Environment of the instance (dev, staging, prod ...); one instance per (name, env)."""
+    auth: Auth = NoAuth()
+    sync_mode: SyncMode = "incremental"
+    """`full` re-reads everything each run; `incremental` reads what changed since the stored cursor;
+    `cdc` follows a change log where the source has one."""
+    schedule: str | None = None
+    """Cron expression (5 fields, UTC) for the scheduler; null for manual runs only."""
+    streams: tuple[StreamSpec, ...] = ()
+    """Streams to sync; empty means every stream the connector offers."""
+    destinations: Destinations = Destinations()
+    layers: tuple[Literal["bronze", "silver", "gold"], ...] = ("bronze",)
+    """Layers to build after the load; bronze is always written."""
+    tuning: Tuning = Tuning()
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
+        return value
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_streams(cls, value: tuple[StreamSpec, ...]) -> tuple[StreamSpec, ...]:
+        names = [s.name for s in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"stream listed more than once: {', '.join(repeated)}")
+        return value
+
+    def stream_mode(self, stream: str) -> SyncMode:
+        """Return the sync mode of `stream`, honouring a per-stream override."""
+        for s in self.streams:
+            if s.name == stream and s.sync_mode is not None:
+                return s.sync_mode
+        return self.sync_mode
+
+
+def selected_streams(spec: ConnectorSpec, offered: list[str]) -> list[str]:
+    """Return the streams a spec asks for, in spec order; every name must be one the connector offers."""
+    if not spec.streams:
+        return list(offered)
+    unknown = [s.name for s in spec.streams if s.name not in offered]
+    if unknown:
+        raise ValueError(
+            f"unknown stream {', '.join(unknown)} for source_type {spec.source_type!r}; "
+            f"it offers: {', '.join(offered)}"
+        )
+    return [s.name for s in spec.streams if s.enabled]
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`."""
+    return re.sub(r"(://[^:/@?#]+:)[^@/?#]*@", r"\1***@", url)
+
+
+def as_plain(value: Any) -> Any:
+    """Return a JSON-friendly copy of a model or value (used for logs and control-plane rows)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value

@@ -1,0 +1,1 @@
+"""Layers: bronze writers (Delta and Postgres), and later silver merges and gold views."""
