@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.config import Settings
 from engine.errors import DatabaseUnreachable
@@ -58,6 +59,12 @@ def start_embedded(pgdata: Path) -> Database:
             "Set IPAI_DATABASE_URL to use a server instead, or remove the folder if it is damaged."
         ) from None
     return Database(server.get_uri(), embedded_pgdata=pgdata, _server=server)
+
+
+def with_database(url: str, name: str) -> str:
+    """Return `url` pointing at database `name` on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
