@@ -72,7 +72,8 @@ def connect(url: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip().rstrip(".?") for line in str(exc).splitlines() if line.strip()]
+        reason = "; ".join(lines) or type(exc).__name__
         raise DatabaseUnreachable(
             f"cannot reach the database at {redact_url(url)}: {reason}. Check that the server is running "
             "and the URL is right (IPAI_DATABASE_URL or --database-url), or unset it to use the embedded "

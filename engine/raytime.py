@@ -24,6 +24,8 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False) -> None:
     """
     if ray.is_initialized():
         return
+    # Ray warns on every start that token authentication is on; that is the setting we want.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
                               "configure_logging": True}
     if address:

@@ -204,7 +204,7 @@ def selected_streams(spec: ConnectorSpec, offered: list[str]) -> list[str]:
 
 def redact_url(url: str) -> str:
     """Return `url` with any password replaced by `***`."""
-    return re.sub(r"(://[^:/@?#]+:)[^@/?#]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@?#]+:)[^@/?#]+@", r"\1***@", url)
 
 
 def as_plain(value: Any) -> Any:

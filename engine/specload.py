@@ -13,7 +13,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from engine.errors import SpecError
-from engine.spec import ConnectorSpec
+from engine.spec import NAME_PATTERN, ConnectorSpec
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,11 @@ def _issue(filename: str, data: CommentedMap, err: Any) -> SpecIssue:
         message = "unknown field (check the spelling; `ipai spec schema` lists the fields)"
     elif err["type"] == "missing":
         message = "required field is missing"
+    elif err["type"] == "model_type" and "SecretRef" in message:
+        message = ("secrets are references, never values: write {secret: NAME} "
+                   "naming a secret kept in the Vault")
+    elif err["type"] == "string_pattern_mismatch" and NAME_PATTERN in message:
+        message = f"{err['input']!r} is not a valid name: use lower case letters, digits and _, starting with a letter"
     return SpecIssue(filename, line, col, path, message)
 
 

@@ -33,6 +33,10 @@ class Ack:
     postgres_written: bool
 
 
+class BronzeWriteError(RuntimeError):
+    """A write failed; carries the cause as text, since driver exceptions (ADBC's) do not pickle."""
+
+
 class BronzeWriter:
     """Writes batches of finished partitions; Delta and Postgres commits run side by side in threads."""
 
@@ -51,7 +55,15 @@ class BronzeWriter:
         crash_point(self.faults, "writer.before_commit")
         delta_job = self._pool.submit(self._write_delta, commit_ids, tables) if self.delta else None
         pg_job = self._pool.submit(self._write_postgres, commit_ids, tables) if self.postgres else None
-        delta_written = delta_job.result() if delta_job else set()
+        try:
+            delta_written = delta_job.result() if delta_job else set()
+        except Exception as exc:  # noqa: BLE001 - re-raised as a picklable error naming the destination
+            raise BronzeWriteError(f"Delta table {self.target.delta_uri}: {type(exc).__name__}: {exc}") from None
+        finally:
+            pg_error = pg_job.exception() if pg_job else None
+        if pg_error is not None:
+            raise BronzeWriteError(f"Postgres table {self.target.postgres_schema}.{self.target.table}: "
+                                   f"{type(pg_error).__name__}: {pg_error}") from None
         pg_written = pg_job.result() if pg_job else set()
         crash_point(self.faults, "writer.after_postgres")
         return [

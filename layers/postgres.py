@@ -32,6 +32,9 @@ class PostgresBronzeTable:
         if self._conn is None:
             self._conn = adbc.connect(self.url)
             with self._conn.cursor() as cur:
+                # Concurrent `create ... if not exists` can still collide in the catalog (unique
+                # violation): writers of different tables set up the schema one at a time.
+                cur.execute("select pg_advisory_xact_lock(hashtext('ipai bronze setup'))")
                 cur.execute(f"create schema if not exists {quote_ident(self.schema)}")
                 cur.execute(
                     f"create table if not exists {quote_ident(self.schema)}.{LEDGER} ("
@@ -83,6 +86,8 @@ class PostgresBronzeTable:
             )
             self._columns = {r[0] for r in cur.fetchall()}
         if not self._columns:
+            # The first load creates the table; two runs creating it at once would collide.
+            cur.execute("select pg_advisory_xact_lock(hashtext($1))", (f"{self.schema}.{self.table}",))
             self._columns = set(schema.names)
             return
         for field in schema:

@@ -2,7 +2,7 @@
 -- Runs on hosted Supabase and on plain Postgres (no Supabase-only objects here). Append-only: change
 -- the schema with a new, later migration file.
 
-create extension if not exists pgcrypto;  -- gen_random_uuid() on Postgres < 13
+-- gen_random_uuid() is built in from PostgreSQL 13; no extension needed (the embedded server has none).
 
 create table if not exists connector_definitions (
     id          uuid primary key default gen_random_uuid(),

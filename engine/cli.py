@@ -1,0 +1,368 @@
+"""The `ipai` command line: submit syncs, watch runs, read logs and state, validate specs.
+
+Every failure prints one message that says what to do and exits nonzero: 1 for a failed run or an
+unreachable service, 2 for bad input (spec, arguments), 130 for a run cancelled with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine import control, state
+from engine.config import Settings
+from engine.db import Database, migrate, open_database
+from engine.errors import IpaiError, RunCancelled, RunConflict, SpecError
+from engine.spec import ConnectorSpec, redact_url
+
+app = typer.Typer(help="IPAI Data Connectors: parallel ELT into a Delta lakehouse and Postgres, on Ray.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+spec_app = typer.Typer(help="Validate specs and print their JSON Schema.", no_args_is_help=True)
+state_app = typer.Typer(help="Show or reset an instance's sync state (cursors, committed partitions).",
+                        no_args_is_help=True)
+db_app = typer.Typer(help="Control-plane database.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+app.add_typer(state_app, name="state")
+app.add_typer(db_app, name="db")
+
+# Piped output is read by scripts and agents: do not cut table cells to a pretend 80-column terminal.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+DatabaseOpt = Annotated[str | None, typer.Option("--database-url", help="Control-plane Postgres URL "
+                        "(default: IPAI_DATABASE_URL, else the embedded PostgreSQL).", show_default=False)]
+LakehouseOpt = Annotated[str | None, typer.Option("--lakehouse", help="Lakehouse folder or s3:// URI "
+                         "(default: IPAI_LAKEHOUSE_URI, else <IPAI_HOME>/lakehouse).", show_default=False)]
+
+
+def main() -> None:
+    """Entry point of the `ipai` console script."""
+    try:
+        app()
+    except IpaiError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2 if isinstance(exc, SpecError) else 1)
+    except psycopg.Error as exc:
+        reason = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        err.print(f"[red]database error:[/red] {escape(reason)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+@contextmanager
+def _database(settings: Settings, *, quiet: bool = False) -> Iterator[Database]:
+    db = open_database(settings)
+    if db.embedded_pgdata and not quiet:
+        err.print(f"[dim]control plane: embedded PostgreSQL in {db.embedded_pgdata}[/dim]", highlight=False)
+    yield db
+
+
+def _settings(database_url: str | None = None, lakehouse: str | None = None, address: str | None = None) -> Settings:
+    return Settings.resolve(database_url=database_url, lakehouse_uri=lakehouse, ray_address=address)
+
+
+def _load(path: Path) -> tuple[ConnectorSpec, str]:
+    from engine.specload import load_spec
+
+    spec = load_spec(path)
+    return spec, path.read_text(encoding="utf-8")
+
+
+# -- submit ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(metavar="SPEC", help="Connector spec YAML.")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Run in the foreground with a progress bar, "
+                                       "or start it in the background and print its run id.")] = False,
+    full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Ignore stored cursors and unfinished "
+                                               "extractions; re-read everything.")] = False,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address "
+                       "(default: RAY_ADDRESS, else a local Ray).", show_default=False)] = None,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Start the Ray dashboard with a local Ray.")] = False,
+    database_url: DatabaseOpt = None,
+    lakehouse: LakehouseOpt = None,
+    attach_run: Annotated[str | None, typer.Option("--attach-run", hidden=True)] = None,
+) -> None:
+    """Run a sync of SPEC: plan partitions, read them in parallel on Ray, land bronze in Delta and Postgres."""
+    from engine.driver import RunOptions, prepare_run
+
+    spec, text = _load(spec_file)
+    settings = _settings(database_url, lakehouse, address)
+    options = RunOptions(full_refresh=full_refresh, dashboard=dashboard)
+    with _database(settings, quiet=attach_run is not None) as db:
+        if attach_run:
+            instance_id = str(control.get_run(db.connect(), attach_run)["instance_id"])
+            _execute(spec, db, settings, options, instance_id, attach_run, show=False)
+            return
+        try:
+            instance_id, run_id = prepare_run(spec, text, db=db, options=options)
+        except RunConflict as exc:
+            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        if wait:
+            _execute(spec, db, settings, options, instance_id, run_id, show=True)
+            return
+        _start_background(spec_file, settings, run_id, db, full_refresh=full_refresh)
+        out.print(f"run {run_id} started in the background for {spec.name} ({spec.env})")
+        out.print(f"follow it with: ipai runs   |   ipai logs {run_id}")
+
+
+def _execute(spec: ConnectorSpec, db: Database, settings: Settings, options: Any, instance_id: str, run_id: str,
+             *, show: bool) -> None:
+    from engine.driver import execute_run
+
+    if not show:
+        try:
+            execute_run(spec, db=db, settings=settings, options=options, instance_id=instance_id, run_id=run_id)
+        except RunCancelled:
+            raise typer.Exit(130) from None
+        return
+    err.print(f"run {run_id}: syncing {spec.name} ({spec.source_type}) ...", highlight=False)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("partitions  {task.fields[rows]:>12,} rows  {task.fields[rate]:>10,.0f} rows/s"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("sync", total=None, rows=0, rate=0.0)
+
+        def on_progress(p: Any) -> None:
+            bar.update(task, total=p.partitions_total, completed=p.partitions_done, rows=p.rows,
+                       rate=p.rows_per_second)
+
+        try:
+            result = execute_run(spec, db=db, settings=settings, options=options, instance_id=instance_id,
+                                 run_id=run_id, on_progress=on_progress)
+        except RunCancelled as exc:
+            err.print(f"[yellow]cancelled:[/yellow] {exc}", highlight=False)
+            raise typer.Exit(130) from None
+        bar.update(task, total=max(1, result.partitions), completed=max(1, result.partitions))
+    _print_result(result, db)
+
+
+def _print_result(result: Any, db: Database) -> None:
+    rate = result.rows / result.seconds if result.seconds else 0
+    out.print(f"[green]run {result.run_id} succeeded[/green]: {result.rows:,} rows in {result.seconds:.1f} s "
+              f"({rate:,.0f} rows/s)", highlight=False)
+    out.print("where the data landed:")
+    for t in result.tables:
+        out.print(f"  {t.stream}: {result.rows_by_stream.get(t.stream, 0):,} rows this run; cursor {t.cursor or '-'}",
+                  highlight=False, soft_wrap=True)
+        if t.delta_uri:
+            out.print(f"    Delta    {t.delta_uri}", highlight=False, soft_wrap=True)
+        if t.postgres_table:
+            out.print(f"    Postgres {t.postgres_table}", highlight=False, soft_wrap=True)
+    out.print(f"  Postgres URL: {db.display_url}", highlight=False, soft_wrap=True)
+
+
+def _start_background(spec_file: Path, settings: Settings, run_id: str, db: Database, *, full_refresh: bool) -> None:
+    """Start the run in a detached process; return once it has taken the run over."""
+    cmd = [sys.executable, "-m", "engine.cli", "submit", str(spec_file.resolve()), "--attach-run", run_id,
+           "--lakehouse", settings.lakehouse_uri]
+    if full_refresh:
+        cmd.append("--full-refresh")
+    if settings.ray_address:
+        cmd += ["--address", settings.ray_address]
+    env = dict(os.environ)
+    if settings.database_url:
+        env["IPAI_DATABASE_URL"] = settings.database_url  # through the environment: never on a command line
+    log_dir = settings.home / "runs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{run_id}.log", "ab") as log_file:
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
+                         start_new_session=True)
+    deadline = time.monotonic() + 60
+    with db.connect() as conn:
+        while time.monotonic() < deadline:
+            if control.get_logs(conn, run_id) or control.get_run(conn, run_id)["status"] != "running":
+                return
+            time.sleep(0.2)
+    err.print(f"[yellow]warning:[/yellow] the background run has not reported yet; see {log_dir / run_id}.log")
+
+
+# -- runs, logs, state ----------------------------------------------------------------------------------
+
+
+@app.command()
+def runs(
+    instance: Annotated[str | None, typer.Option("--instance", help="Only this instance (name or id).")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """List recent runs, newest first."""
+    with _database(_settings(database_url)) as db, db.connect() as conn:
+        migrate(conn)
+        instance_id = str(control.find_instance(conn, instance)["id"]) if instance else None
+        rows = control.list_runs(conn, instance_id=instance_id, limit=limit)
+    if as_json:
+        for r in rows:
+            out.print(json.dumps({k: r[k] for k in ("id", "instance_name", "env", "status", "started_at", "ended_at",
+                                                    "rows_processed", "partitions_done", "partitions_total",
+                                                    "error")}, default=str), highlight=False, soft_wrap=True)
+        return
+    if not rows:
+        out.print("no runs yet: start one with `ipai submit SPEC --wait`")
+        return
+    table = Table()
+    for col in ("run", "instance", "status", "started", "seconds", "rows", "partitions", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        seconds = (r["ended_at"] - r["started_at"]).total_seconds() if r["ended_at"] and r["started_at"] else None
+        table.add_row(str(r["id"]), f"{r['instance_name']} ({r['env']})", r["status"],
+                      r["started_at"].strftime("%Y-%m-%d %H:%M:%S") if r["started_at"] else "-",
+                      f"{seconds:.1f}" if seconds is not None else "-", f"{r['rows_processed']:,}",
+                      f"{r['partitions_done']}/{r['partitions_total']}", (r["error"] or "")[:80])
+    out.print(table)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="Run id (or a unique prefix).")],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Print a run's structured logs, one JSON object per line."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        migrate(conn)
+        run = control.get_run(conn, run_id)
+        for record in control.get_logs(conn, str(run["id"])):
+            out.print(control.format_log(record), highlight=False, soft_wrap=True, markup=False)
+
+
+@state_app.command("show")
+def state_show(
+    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
+    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Show each stream's cursor, committed partitions and any unfinished extraction."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        migrate(conn)
+        inst = control.find_instance(conn, instance, env=env)
+        rows = state.show(conn, str(inst["id"]))
+    table = Table(title=f"{inst['name']} ({inst['env']})", title_justify="left")
+    for col in ("stream", "cursor", "partitions committed", "rows committed", "unfinished extraction"):
+        table.add_column(col)
+    for r in rows:
+        open_parts = r["open_extraction_partitions"]
+        table.add_row(r["stream"], r["cursor"] or "-", str(r["partitions_committed"]), f"{r['rows_committed']:,}",
+                      f"{open_parts} partitions planned" if open_parts is not None else "-")
+    out.print(table if rows else f"{inst['name']}: no state yet")
+
+
+@state_app.command("reset")
+def state_reset(
+    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
+    stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
+    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Forget cursors and committed partitions: the next run re-reads from the beginning."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        migrate(conn)
+        inst = control.find_instance(conn, instance, env=env)
+        what = f"stream {stream} of {inst['name']}" if stream else f"every stream of {inst['name']}"
+        if not yes and not typer.confirm(f"Reset the sync state of {what} ({inst['env']})?"):
+            raise typer.Exit(1)
+        n = state.reset(conn, str(inst["id"]), stream)
+    out.print(f"reset {what}: {n} state rows removed; bronze data stays, the next run re-reads from the start")
+
+
+# -- db, spec -------------------------------------------------------------------------------------------
+
+
+@db_app.command("migrate")
+def db_migrate(database_url: DatabaseOpt = None) -> None:
+    """Apply control-plane migrations not yet applied (safe to repeat)."""
+    with _database(_settings(database_url)) as db, db.connect() as conn:
+        applied = migrate(conn)
+    out.print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied
+              else f"up to date ({db.display_url})", highlight=False)
+
+
+@spec_app.command("validate")
+def spec_validate(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Spec files.")]) -> None:
+    """Check spec files; report every error with its line, column and field path."""
+    from engine.specload import load_spec
+
+    failed = 0
+    for path in files:
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            failed += 1
+            err.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+            continue
+        out.print(f"{path}: ok ({spec.source_type}, {spec.sync_mode}, "
+                  f"{len(spec.streams) or 'all'} stream(s))", highlight=False)
+    if failed:
+        raise typer.Exit(2)
+
+
+@spec_app.command("schema")
+def spec_schema(
+    write: Annotated[Path | None, typer.Option("--write", help="Write to this file instead of printing.")] = None,
+) -> None:
+    """Print the JSON Schema of connector specs (the source of `specs/schema.json`)."""
+    from engine.specload import spec_json_schema_text
+
+    text = spec_json_schema_text()
+    if write:
+        write.write_text(text, encoding="utf-8")
+        out.print(f"wrote {write}")
+    else:
+        sys.stdout.write(text)
+
+
+# -- demo -----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(help="About how many rows the sample shop has in all.")] = 1_000_000,
+    database_url: DatabaseOpt = None,
+    lakehouse: LakehouseOpt = None,
+) -> None:
+    """Sync the sample shop twice (full, then incremental a few days later) and show where the data landed."""
+    from engine.driver import RunOptions, prepare_run
+    from engine.specload import parse_spec
+
+    settings = _settings(database_url, lakehouse)
+    orders = max(1_000, rows * 10 // 36)  # ~0.1 customers and ~2.5 lines per order
+    with _database(settings) as db:
+        for day, title in ((25, "first sync: the shop as of day 25 (everything is new)"),
+                           (30, "second sync: five days later, only new and changed rows")):
+            text = _demo_spec(orders, day)
+            spec = parse_spec(text, filename="<demo>")
+            out.rule(title)
+            options = RunOptions(trigger="demo")
+            instance_id, run_id = prepare_run(spec, text, db=db, options=options)
+            _execute(spec, db, settings, options, instance_id, run_id, show=True)
+    out.print(f"lakehouse: {settings.lakehouse_uri}   control plane: {db.display_url}", highlight=False)
+    out.print("next: `ipai runs`, `ipai state show demo_shop`, `ipai logs RUN_ID`")
+
+
+def _demo_spec(orders: int, today: int) -> str:
+    return (
+        "name: demo_shop\nsource_type: sample\nsync_mode: incremental\n"
+        f"source:\n  seed: 7\n  days: 30\n  today: {today}\n  customers: {max(100, orders // 10)}\n"
+        f"  orders: {orders}\n  partition_rows: 250000\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
