@@ -19,6 +19,7 @@ demo: setup
 	$(BIN)/ipai demo
 
 test: setup
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -40,6 +40,7 @@ ADJECTIVES = "Red Blue Green Small Large Smart Classic Eco Pro Mini Ultra Quiet"
 NOUNS = "Mug Lamp Chair Desk Bottle Backpack Notebook Keyboard Headphones Kettle Plant Clock".split()
 PRODUCTS = pa.array([f"{a} {n}" for a in ADJECTIVES for n in NOUNS])
 SKUS = 5_000
+NOTES = pa.array(["gift wrap", "leave at door", None])  # one order in ten each; the rest have none
 
 
 class SampleSource(SpecModel):
@@ -185,8 +186,7 @@ class Shop:
         updated = created + ORDER_STEP_DAYS[step] * DAY_US
         items = (1 + (h >> np.uint64(8)) % np.uint64(4)).astype(np.int32)
         country = (h >> np.uint64(28)) % np.uint64(len(COUNTRIES))
-        notes_h = (h >> np.uint64(36)) % np.uint64(10)
-        notes = pa.array(np.where(notes_h == 0, "gift wrap", np.where(notes_h == 1, "leave at door", None)))
+        notes = NOTES.take(pa.array(np.minimum((h >> np.uint64(36)) % np.uint64(10), 2).astype(np.int64)))
         return pa.RecordBatch.from_arrays([
             pa.array(ids), pa.array(customer), ORDER_STATUSES.take(pa.array(status)),
             CURRENCIES.take(pa.array(country)), _money(((h >> np.uint64(40)) % np.uint64(50_000)).astype(np.int64) + 99),
@@ -263,18 +263,18 @@ class SampleStream:
         total = shop.customers if self.name == "customers" else shop.orders
         ids_to = shop.existing(total)
         now = iso(ORIGIN_US + shop.today * DAY_US)
-        incremental = ctx.sync_mode == "incremental" and ctx.cursor is not None
-        lo_window = ctx.cursor if incremental else None
+        lo_window: str | None = ctx.cursor if ctx.sync_mode == "incremental" else None
+        incremental = lo_window is not None
         ids_from = 0
-        if incremental and self.settles_after_days is not None:
-            cursor_day = (parse_iso(ctx.cursor) - ORIGIN_US) // DAY_US
+        if lo_window is not None and self.settles_after_days is not None:
+            cursor_day = (parse_iso(lo_window) - ORIGIN_US) // DAY_US
             ids_from = max(0, min(ids_to, (cursor_day - self.settles_after_days) * shop.per_day(total)))
         rows_per_id = 2.5 if self.name == "order_lines" else 1.0
         span = max(1, int(self.config.partition_rows / rows_per_id))
         if incremental:
             span *= 8  # most ids in range are filtered out at the source; keep tasks worth their cost
-        if incremental and ctx.cursor >= now:
-            return Plan(partitions=[], cursor_to=ctx.cursor)
+        if lo_window is not None and lo_window >= now:
+            return Plan(partitions=[], cursor_to=lo_window)
         parts = [
             Partition(self.name, (("ids_from", lo), ("ids_to", min(lo + span, ids_to))), (lo_window, now))
             for lo in range(ids_from, ids_to, span)

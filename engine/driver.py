@@ -318,10 +318,11 @@ class _Run:
     def _submit_read(self, run: _StreamRun, partition: Partition) -> None:
         ext = run.extraction
         ctx = ReadContext(run_id=self.run_id, instance_id=self.instance_id)
-        table_ref, rows_ref = read_partition.options(
+        refs: Any = read_partition.options(
             name=f"read {self.spec.name}.{run.stream.name} {partition.label}",
             max_retries=self.spec.tuning.read_retries,
         ).remote(run.stream, partition, ctx, ext.id, ext.commit_id(partition), self.options.faults)
+        table_ref, rows_ref = refs  # num_returns=2
         self.reads[rows_ref] = (run, partition, table_ref)
         run.reading += 1
 

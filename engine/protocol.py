@@ -94,9 +94,14 @@ class Reader(Protocol):
 class Stream(Protocol):
     """A stream of one source: picklable, lives on the driver."""
 
-    name: str
-    primary_key: tuple[str, ...]
-    cursor_field: str | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def primary_key(self) -> tuple[str, ...]: ...
+
+    @property
+    def cursor_field(self) -> str | None: ...
 
     def schema(self) -> pa.Schema | None: ...
 

@@ -81,7 +81,7 @@ def spec_json_schema() -> dict[str, Any]:
     from connectors import CONNECTORS
 
     models = tuple(c.spec_model for c in CONNECTORS.values())
-    adapter: TypeAdapter[Any] = TypeAdapter(Union[models] if len(models) > 1 else models[0])  # noqa: UP007
+    adapter: TypeAdapter[Any] = TypeAdapter(Union[models] if len(models) > 1 else models[0])  # type: ignore[arg-type]  # noqa: UP007
     schema = adapter.json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "IPAI connector spec"
@@ -120,7 +120,9 @@ def _issue(filename: str, data: CommentedMap, err: Any) -> SpecIssue:
 def _walk(data: Any, loc: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
     """Follow a pydantic error location through the YAML tree; return its display path and the
     part of it that exists in the file (union tags in `loc` are skipped)."""
-    node, found, parts = data, [], []
+    node: Any = data
+    found: list[Any] = []
+    parts: list[str] = []
     for i, step in enumerate(loc):
         if isinstance(node, CommentedMap) and step in node:
             node = node[step]
