@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import adbc_driver_postgresql.dbapi as adbc
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
@@ -55,3 +56,79 @@ def assert_exactly_once_per_extraction(table: pa.Table, pk: tuple[str, ...]) -> 
     counts = Counter(zip(*cols))
     dupes = [k for k, n in counts.items() if n > 1]
     assert not dupes, f"{len(dupes)} rows loaded more than once in one extraction, e.g. {dupes[:3]}"
+
+
+PRIMARY_KEYS = {"customers": ("id",), "orders": ("id",), "order_lines": ("order_id", "line_no")}
+
+
+def bronze_copies(spec: SampleSpec, stream: str, *, db_url: str, lakehouse_uri: str) -> dict[str, pa.Table]:
+    """Return the Postgres and Delta copies of `stream`'s bronze table, by destination name."""
+    table = f"raw_{spec.name}_{stream}"
+    return {"postgres": bronze_postgres(db_url, table, spec.destinations.postgres.bronze_schema),
+            "delta": bronze_delta(f"{lakehouse_uri}/bronze/{table}")}
+
+
+def assert_bronze_equals_source(spec: SampleSpec, stream: str, *, db_url: str, lakehouse_uri: str) -> None:
+    """Both bronze copies of `stream` hold every source row exactly once, in one extraction.
+
+    Meant for an instance whose whole history is one complete extraction of the stream (a first sync,
+    however many runs, crashes and retries it took). Delta keeps the source's types, so there every
+    value is compared; Postgres is compared by key.
+    """
+    truth = source_rows(spec, stream)
+    pk = PRIMARY_KEYS[stream]
+    order = [(c, "ascending") for c in pk]
+    for where, got in bronze_copies(spec, stream, db_url=db_url, lakehouse_uri=lakehouse_uri).items():
+        assert_exactly_once_per_extraction(got, pk)
+        extractions = set(got.column("_ipai_extraction_id").to_pylist())
+        assert len(extractions) == 1, f"{where} {stream}: rows from {len(extractions)} extractions, expected 1"
+        assert got.num_rows == truth.num_rows, f"{where} {stream}: {got.num_rows} rows, source {truth.num_rows}"
+        assert sorted(keys(got, pk)) == sorted(keys(truth, pk)), f"{where} {stream}: keys differ from the source"
+        if where == "delta":
+            assert got.select(truth.column_names).sort_by(order).equals(truth.sort_by(order)), (
+                f"delta {stream}: values differ from the source")
+
+
+def assert_state_not_ahead_of_data(db_url: str, lakehouse_uri: str, spec: SampleSpec) -> int:
+    """Check that every partition in `connector_state` is committed in Delta and in the Postgres load ledger,
+    with the rows the state says; return how many partitions were checked.
+
+    Data may be ahead of state (committed, not yet recorded: a replay skips it), never the reverse.
+    Bronze Postgres is taken to be the control-plane database (the default destination). A partition that
+    read 0 rows is recorded straight from its read task and never reaches a writer, so it has no Delta
+    marker and no ledger row.
+    """
+    schema = spec.destinations.postgres.bronze_schema
+    with psycopg.connect(db_url) as conn:
+        instance = conn.execute("select id from connector_instances where name = %s and env = %s",
+                                (spec.name, spec.env)).fetchone()
+        assert instance is not None, f"no instance {spec.name!r} in the control plane"
+        recorded = conn.execute(
+            "select stream, key, rows from connector_state where instance_id = %s and kind = 'partition'",
+            (instance[0],),
+        ).fetchall()
+        ledger: dict[tuple[str, str], int] = {}
+        if conn.execute("select to_regclass(%s)", (f"{schema}._ipai_loads",)).fetchone() != (None,):
+            ledger = {(t, c): n for t, c, n in conn.execute(
+                f'select table_name, commit_id, rows from "{schema}"._ipai_loads')}
+    by_stream: dict[str, list[tuple[str, int]]] = {}
+    for stream, key, n in recorded:
+        if n:
+            by_stream.setdefault(stream, []).append((key, int(n)))
+    dest = spec.destinations
+    for stream, partitions in by_stream.items():
+        table = f"raw_{spec.name}_{stream}"
+        if dest.lakehouse.enabled:
+            delta_uri = f"{dest.lakehouse.uri or lakehouse_uri}/bronze/{table}"
+            log = DeltaTable(delta_uri)
+            delta_rows = Counter(bronze_delta(delta_uri).column("_ipai_partition").to_pylist())
+            for key, n in partitions:
+                assert log.transaction_version(key) is not None, f"{stream} {key}: recorded, not in the Delta log"
+                assert delta_rows[key] == n, f"{stream} {key}: recorded with {n} rows, Delta holds {delta_rows[key]}"
+        if dest.postgres.enabled:
+            pg_rows = Counter(bronze_postgres(db_url, table, schema).column("_ipai_partition").to_pylist())
+            for key, n in partitions:
+                loaded = ledger.get((table, key))
+                assert loaded == n, f"{stream} {key}: recorded with {n} rows, the Postgres ledger has {loaded}"
+                assert pg_rows[key] == n, f"{stream} {key}: recorded with {n} rows, Postgres holds {pg_rows[key]}"
+    return len(recorded)
