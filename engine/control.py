@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from engine.errors import NotFound, RunConflict
+from engine.errors import LeaseLost, NotFound, RunConflict
 from engine.spec import ConnectorSpec
 
 ACTIVE = ("queued", "running")
@@ -83,22 +82,35 @@ def update_progress(
     conn: psycopg.Connection[Any], run_id: str, *, rows: int, partitions_done: int, partitions_total: int,
     rows_by_stream: dict[str, int],
 ) -> None:
-    conn.execute(
+    """Record progress and renew the run's lease; raise LeaseLost if the run is no longer ours."""
+    cur = conn.execute(
         "update connector_runs set rows_processed = %s, partitions_done = %s, partitions_total = %s,"
-        " rows_by_stream = %s, heartbeat_at = now() where id = %s",
+        " rows_by_stream = %s, heartbeat_at = now() where id = %s and status = 'running'",
         (rows, partitions_done, partitions_total, json.dumps(rows_by_stream), run_id),
     )
+    if cur.rowcount == 0:
+        raise LeaseLost(_lease_lost(conn, run_id))
 
 
 def finish_run(
     conn: psycopg.Connection[Any], run_id: str, *, status: str, error: str | None = None,
     error_details: dict[str, Any] | None = None, timings: dict[str, float] | None = None,
 ) -> None:
-    conn.execute(
+    """Close a running run; raise LeaseLost if another process already closed it (its lease expired)."""
+    cur = conn.execute(
         "update connector_runs set status = %s, ended_at = now(), error = %s, error_details = %s,"
-        " timings = %s where id = %s",
+        " timings = %s where id = %s and status = 'running'",
         (status, error, json.dumps(error_details) if error_details else None, json.dumps(timings or {}), run_id),
     )
+    if cur.rowcount == 0:
+        raise LeaseLost(_lease_lost(conn, run_id))
+
+
+def _lease_lost(conn: psycopg.Connection[Any], run_id: str) -> str:
+    row = conn.execute("select status, error from connector_runs where id = %s", (run_id,)).fetchone()
+    now = f"it is now {row[0]}" + (f" ({row[1]})" if row and row[1] else "") if row else "it no longer exists"
+    return (f"run {run_id} lost its lease: {now}. Another run may have taken over the instance; "
+            "committed partitions are kept and the next run resumes")
 
 
 def log(
@@ -168,7 +180,3 @@ def format_log(record: dict[str, Any]) -> str:
     out = {"ts": ts.isoformat() if isinstance(ts, datetime) else ts, "level": record["level"],
            "event": record["event"], "message": record["message"], **(record["fields"] or {})}
     return json.dumps(out, default=str)
-
-
-def echo_json(record: dict[str, Any]) -> None:
-    print(json.dumps(record, default=str), file=sys.stderr)

@@ -22,7 +22,7 @@ from connectors import connector_for
 from engine import control, state
 from engine.config import Settings
 from engine.db import Database, migrate
-from engine.errors import ConfigError, IpaiError, RunCancelled, RunFailed
+from engine.errors import ConfigError, IpaiError, LeaseLost, RunCancelled, RunFailed, TransientError
 from engine.faults import DriverCrash, FaultPlan, crash_point
 from engine.protocol import Partition, PlanContext, ReadContext, Stream
 from engine.raytime import cluster_cpus, ensure_ray, read_partition
@@ -179,10 +179,7 @@ class _Run:
                 self._start_writers()
             self._loop()
             self.timings["total_s"] = round(time.monotonic() - t0, 3)
-            control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
-                                    partitions_done=self.progress.partitions_done,
-                                    partitions_total=self.progress.partitions_total,
-                                    rows_by_stream=self.progress.rows_by_stream)
+            self._save_progress()
             control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings)
             self.log("info", "run.succeeded", f"{self.progress.rows} rows in {self.timings['total_s']} s",
                      rows=self.progress.rows, rows_by_stream=self.progress.rows_by_stream)
@@ -193,7 +190,12 @@ class _Run:
             self._end("cancelled", msg, t0)
             raise RunCancelled(f"run {self.run_id} {msg}", run_id=self.run_id) from None
         except DriverCrash:
-            raise  # stands for the driver process dying: nothing more happens on this side
+            # Stands for the driver process dying: its actors die with it, mid-write if need be.
+            for run in self.streams.values():
+                if run.writer is not None:
+                    ray.kill(run.writer)
+                    run.writer = None
+            raise
         except IpaiError as exc:
             self._end("failed", str(exc), t0)
             raise RunFailed(f"run {self.run_id} failed while {current}: {exc}", run_id=self.run_id) from None
@@ -320,7 +322,7 @@ class _Run:
         ctx = ReadContext(run_id=self.run_id, instance_id=self.instance_id)
         refs: Any = read_partition.options(
             name=f"read {self.spec.name}.{run.stream.name} {partition.label}",
-            max_retries=self.spec.tuning.read_retries,
+            max_retries=self.spec.tuning.read_retries, retry_exceptions=[TransientError],
         ).remote(run.stream, partition, ctx, ext.id, ext.commit_id(partition), self.options.faults)
         table_ref, rows_ref = refs  # num_returns=2
         self.reads[rows_ref] = (run, partition, table_ref)
@@ -377,15 +379,25 @@ class _Run:
         self.log("info", "stream.done", f"{run.stream.name}: extraction complete, cursor at {run.cursor}",
                  stream=run.stream.name, cursor=run.cursor, rows=self.progress.rows_by_stream[run.stream.name])
 
+    def _save_progress(self) -> None:
+        """Persist progress and renew the lease (raises LeaseLost if the run was taken from us)."""
+        control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
+                                partitions_done=self.progress.partitions_done,
+                                partitions_total=self.progress.partitions_total,
+                                rows_by_stream=self.progress.rows_by_stream)
+
+    def _cancel_reads(self) -> None:
+        """Stop read tasks still running: their partitions stay unrecorded and are read by the next run."""
+        for _, _, table_ref in self.reads.values():
+            ray.cancel(table_ref, force=True)
+        self.reads.clear()
+
     def _beat(self) -> None:
         now = time.monotonic()
         if now - self.last_beat < HEARTBEAT_S:
             return
         self.last_beat = now
-        control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
-                                partitions_done=self.progress.partitions_done,
-                                partitions_total=self.progress.partitions_total,
-                                rows_by_stream=self.progress.rows_by_stream)
+        self._save_progress()
         if self.on_progress:
             self.on_progress(self.progress)
 
@@ -393,9 +405,7 @@ class _Run:
 
     def _drain_after_interrupt(self) -> None:
         """Stop reading; let writes already under way finish and record them, so their work is kept."""
-        for ref, (_, _, table_ref) in list(self.reads.items()):
-            ray.cancel(table_ref, force=True)
-        self.reads.clear()
+        self._cancel_reads()
         deadline = time.monotonic() + 30
         while self.writes and time.monotonic() < deadline:
             try:
@@ -409,13 +419,13 @@ class _Run:
 
     def _end(self, status: str, message: str, t0: float) -> None:
         self.timings["total_s"] = round(time.monotonic() - t0, 3)
+        self._cancel_reads()
         try:
-            control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
-                                    partitions_done=self.progress.partitions_done,
-                                    partitions_total=self.progress.partitions_total,
-                                    rows_by_stream=self.progress.rows_by_stream)
+            self._save_progress()
             control.finish_run(self.conn, self.run_id, status=status, error=message, timings=self.timings)
             self.log("error" if status == "failed" else "warning", f"run.{status}", message)
+        except LeaseLost:
+            pass  # another process closed the run after our heartbeat lapsed; its verdict stands
         except psycopg.Error:
             pass  # the control plane itself is gone; the lease will expire and mark the run failed
 
