@@ -33,8 +33,8 @@ class DeltaBronzeTable:
         """Append `tables` in one Delta commit carrying one app-transaction marker per commit id."""
         if not tables:
             return
-        schema = _unify([t.schema for t in tables])
-        batches = (b for t in tables for b in t.cast(schema).to_batches())
+        schema = _unify([_decoded(t.schema) for t in tables])
+        batches = (b.cast(schema) for t in tables for b in t.to_batches())
         write_deltalake(
             self.uri,
             pa.RecordBatchReader.from_batches(schema, batches),
@@ -45,6 +45,12 @@ class DeltaBronzeTable:
                 app_transactions=[Transaction(app_id=cid, version=1) for cid in commit_ids]
             ),
         )
+
+
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    """Return `schema` with dictionary columns (the system columns) as their value type: decoded batch by
+    batch on the way in, so the Parquet files carry plain types, as Delta's schema says."""
+    return pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema])
 
 
 def _unify(schemas: list[pa.Schema]) -> pa.Schema:

@@ -1,0 +1,629 @@
+"""Bronze throughput and memory: the engine side by side with the raw single-process floor.
+
+    python benchmarks/bench_bronze.py                          # 5,000,000 rows
+    python benchmarks/bench_bronze.py --rows-list 1000000,5000000 --repeat 2
+
+For each size, two runs, one after the other (never at once: they would share the machine's cores),
+each in its own subprocess so its memory is measured on its own:
+
+  floor   one plain Python process: `connectors.sample.Shop` generates the same Arrow data over the
+          same id ranges the spec's partitions cover; every `commit_rows` rows are written with
+          `deltalake.write_deltalake(mode="append")` and loaded with ADBC `adbc_ingest(create_append)`
+          in one transaction. No Ray, no control plane, no system columns, no idempotency markers.
+  engine  `engine.driver.run_sync` on the equivalent `sample` spec (sync_mode full, all three streams),
+          starting its own local Ray, into a fresh database and a fresh lakehouse folder.
+
+`--warm-ray` adds a third run, for information: the engine with Ray started before its clock.
+
+Peak memory is the largest sum, over samples every 0.2 s, of the memory of the measured subprocess and
+every process it started (Ray's gcs_server, raylet, agents and workers; any process naming the run's
+Ray session folder is added even if it is not a descendant). PSS is summed where the kernel reports it,
+so pages shared between processes (Ray's object store, shared libraries) are counted once; RSS
+otherwise. The PostgreSQL server is shared by both runs and left out.
+
+The table is printed and written to `benchmarks/results/bench_bronze-<timestamp>.md`. Targets, checked
+at the end: engine rows/s >= 60% of the floor's; engine peak memory < 4 GiB at 5M rows; and peak
+memory growing less than linearly with rows (needs two sizes or more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
+
+DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SAMPLE_S = 0.2
+PSS_REREAD_BYTES = 4 * 2**20
+PSS_MAX_AGE_S = 2.0
+POSTGRES_WRITERS = ("checkpointer", "walwriter", "background writer")
+WARM = "engine, Ray up"
+"""The optional third run: the engine with Ray started before its clock, as a long-lived cluster would be."""
+SPEED_TARGET = 0.60
+MEMORY_LIMIT_MIB = 4096
+MEMORY_LIMIT_AT_ROWS = 5_000_000
+SPEC_TEMPLATE = """\
+name: bench
+source_type: sample
+sync_mode: full
+source:
+  seed: {seed}
+  days: 30
+  customers: {customers}
+  orders: {orders}
+  partition_rows: {partition_rows}
+tuning:
+  commit_rows: {commit_rows}
+"""
+
+
+# -- what is run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sample sizes whose three streams sum to about `rows` (order lines average 2.5 per order)."""
+
+    rows: int
+    seed: int
+    partition_rows: int
+    commit_rows: int
+
+    @property
+    def customers(self) -> int:
+        return max(1, self.rows // 8)
+
+    @property
+    def orders(self) -> int:
+        return max(1, round((self.rows - self.customers) / 3.5))
+
+    def spec_text(self) -> str:
+        return SPEC_TEMPLATE.format(seed=self.seed, customers=self.customers, orders=self.orders,
+                                    partition_rows=self.partition_rows, commit_rows=self.commit_rows)
+
+
+def run_floor(shape: Shape, db_url: str, lakehouse: Path) -> dict[str, Any]:
+    """Generate, write to Delta and load into Postgres in one thread, `commit_rows` rows per commit."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from connectors.sample import streams
+    from engine.protocol import PlanContext
+    from engine.specload import parse_spec
+    from layers.postgres import COPY_BATCH_ROWS
+
+    t0 = time.perf_counter()
+    spec = parse_spec(shape.spec_text())
+    rows = 0
+    with adbc.connect(db_url) as conn, conn.cursor() as cur:
+        for stream in streams(spec):  # type: ignore[arg-type]
+            shop = stream.shop
+            generate = {"customers": shop.customers_batch, "orders": shop.orders_batch,
+                        "order_lines": shop.lines_batch}[stream.name]
+            table = f"raw_bench_{stream.name}"
+            plan = stream.plan(PlanContext(sync_mode="full", cursor=None, run_started_at=datetime.now()))
+            chunk: list[pa.RecordBatch] = []
+
+            def commit() -> None:
+                data = pa.Table.from_batches(chunk)
+                write_deltalake(str(lakehouse / table), data, mode="append")
+                # COPY batches of the engine's size: the driver encodes a whole batch before sending it.
+                batches = data.to_batches(max_chunksize=COPY_BATCH_ROWS)
+                cur.adbc_ingest(table, pa.RecordBatchReader.from_batches(data.schema, batches), mode="create_append")
+                conn.commit()
+                chunk.clear()
+
+            for partition in plan.partitions:
+                where = dict(partition.where)
+                chunk.append(generate(where["ids_from"], where["ids_to"]))
+                rows += chunk[-1].num_rows
+                if sum(b.num_rows for b in chunk) >= shape.commit_rows:
+                    commit()
+            if chunk:
+                commit()
+    return {"rows": rows, "seconds": time.perf_counter() - t0}
+
+
+def run_engine(shape: Shape, db_url: str, lakehouse: Path, home: Path, *, warm: bool = False) -> dict[str, Any]:
+    """Run one full sync of the sample spec with the engine, on a local Ray it starts itself (before the
+    clock starts when `warm`, as a long-lived Ray would be)."""
+    import ray
+
+    from engine.config import Settings
+    from engine.db import Database
+    from engine.driver import run_sync
+    from engine.raytime import ensure_ray
+    from engine.specload import parse_spec
+
+    text = shape.spec_text()
+    settings = Settings(home=home, database_url=db_url, lakehouse_uri=str(lakehouse), ray_address=None)
+    if warm:
+        ensure_ray(None)
+    t0 = time.perf_counter()
+    result = run_sync(parse_spec(text), text, db=Database(db_url), settings=settings)
+    seconds = time.perf_counter() - t0
+    ray.shutdown()
+    return {"rows": result.rows, "seconds": seconds, "rows_by_stream": result.rows_by_stream}
+
+
+def child_main(args: argparse.Namespace) -> None:
+    shape = Shape(args.rows, args.seed, args.partition_rows, args.commit_rows)
+    work = Path(args.work)
+    if args.child == "floor":
+        out = run_floor(shape, args.db_url, work / "lakehouse")
+    else:
+        out = run_engine(shape, args.db_url, work / "lakehouse", work / "home", warm=args.child == WARM)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemorySampler:
+    """Samples the summed memory of a process, its descendants and its Ray session's processes.
+
+    Reading a process's PSS makes the kernel walk its page tables (a few ms for a Ray worker), so a
+    process's PSS is read again only when its RSS (cheap to read) moved by `PSS_REREAD_BYTES` or its last
+    reading is `PSS_MAX_AGE_S` old; that keeps the sampling's own CPU low on a 2-core machine.
+    """
+
+    root: int
+    database: str = ""
+    """Name of the run's database: its PostgreSQL backends count towards CPU, not memory."""
+    peak_mib: float = 0.0
+    peak_breakdown: list[tuple[str, float]] = field(default_factory=list)
+    measure: str = "pss"
+    sessions: set[str] = field(default_factory=set)
+    """Ray session folders named on the command lines of the run's processes."""
+    outside_tree: set[int] = field(default_factory=set)
+    pids_seen: set[int] = field(default_factory=set)
+    outside_names: set[str] = field(default_factory=set)
+    cpu: dict[int, float] = field(default_factory=dict)
+    """CPU seconds of each process of the run, as last seen."""
+    postgres_cpu: dict[int, float] = field(default_factory=dict)
+    labels: dict[int, str] = field(default_factory=dict)
+    """What each process of the run was (the first task a Ray worker ran, if any)."""
+    samples: int = 0
+    _postgres_base: dict[int, float] = field(default_factory=dict)
+    _pss: dict[int, tuple[float, int, float]] = field(default_factory=dict)  # pid -> (pss, rss then, when)
+    _scanned: set[int] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.database:
+            self.sample_postgres()  # the server's writers' CPU time so far, not the run's
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self.database:
+            self.sample_postgres()  # the backends' final CPU time
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(SAMPLE_S)
+
+    def processes(self) -> list[psutil.Process]:
+        """Return the root, its descendants, and any process naming a Ray session folder they use."""
+        try:
+            root = psutil.Process(self.root)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        for p in procs:
+            if p.pid in self._scanned:
+                continue
+            try:
+                self.sessions.update(d for arg in p.cmdline() for d in _session_dirs(arg))
+                self._scanned.add(p.pid)
+            except psutil.Error:
+                continue
+        if self.sessions and self.samples % 10 == 0:  # every 2 s: listing every process costs the run CPU
+            known = {p.pid for p in procs}
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if p.pid not in known and any(s in cmd for s in self.sessions):
+                    procs.append(p)
+                    try:
+                        if self.root not in {a.pid for a in p.parents()}:  # not a child started since the listing
+                            self.outside_tree.add(p.pid)
+                            self.outside_names.add(_label(p))
+                    except psutil.Error:
+                        pass
+        return procs
+
+    def sample_postgres(self) -> None:
+        """Record the CPU time of the PostgreSQL backends serving the run's database and of the server's
+        writers (checkpointer, WAL and background writers), which mostly write what the run loaded."""
+        for p in psutil.process_iter(["pid", "name", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if not (p.info["name"] or "").startswith("postgres"):
+                continue
+            ours, writer = self.database in cmd, any(w in cmd for w in POSTGRES_WRITERS)
+            if ours or writer:
+                try:
+                    t = p.cpu_times()
+                except psutil.Error:
+                    continue
+                if p.pid not in self._postgres_base:  # a writer ran before the run: count from now on
+                    self._postgres_base[p.pid] = 0.0 if ours else t.user + t.system
+                self.postgres_cpu[p.pid] = t.user + t.system - self._postgres_base[p.pid]
+
+    def sample(self) -> None:
+        total = 0.0
+        breakdown: list[tuple[str, float]] = []
+        for p in self.processes():
+            try:
+                t = p.cpu_times()
+                self.cpu[p.pid] = t.user + t.system
+                name = self.labels.get(p.pid, "")
+                if not name.startswith("ray::") or name == "ray::IDLE":  # until a worker shows its first task
+                    name = self.labels[p.pid] = _label(p)
+                value = self._memory(p)
+            except psutil.Error:
+                continue  # a process that ended between listing and reading
+            self.pids_seen.add(p.pid)
+            total += value
+            breakdown.append((name, value / 2**20))
+        if self.database and self.samples % 5 == 0:
+            self.sample_postgres()
+        self.samples += 1
+        if total / 2**20 > self.peak_mib:
+            self.peak_mib = total / 2**20
+            self.peak_breakdown = sorted(breakdown, key=lambda x: -x[1])
+
+    def _memory(self, p: psutil.Process) -> float:
+        rss = p.memory_info().rss
+        now = time.monotonic()
+        last = self._pss.get(p.pid)
+        if last and abs(rss - last[1]) < PSS_REREAD_BYTES and now - last[2] < PSS_MAX_AGE_S:
+            return last[0]
+        mem = p.memory_full_info()
+        value = getattr(mem, "pss", None)
+        if value is None:
+            self.measure, value = "rss", mem.rss
+        self._pss[p.pid] = (value, rss, now)
+        return float(value)
+
+
+SESSION_DIR = re.compile(r"/[^\s=,]*?/session_[^/\s,]+")
+
+
+def _session_dirs(arg: str) -> list[str]:
+    """Return the Ray session folders (`/tmp/ray/session_<name>`) a command-line argument names."""
+    return SESSION_DIR.findall(arg)
+
+
+def _label(p: psutil.Process) -> str:
+    cmd = p.cmdline()
+    name = p.name()
+    if name.startswith("ray::") or (cmd and cmd[0].startswith("ray::")):
+        title = cmd[0] if cmd else name
+        if title.startswith("ray::read "):
+            return "ray::read worker"
+        if "BronzeWriter" in title or title.startswith(("ray::write ", "ray::bronze ")):
+            return "ray::BronzeWriter"
+        return title
+    if "python" in name and len(cmd) > 1:
+        script = next((Path(a).name for a in cmd[1:] if a.endswith(".py")), cmd[1])
+        return f"python {script}"
+    return name
+
+
+@dataclass
+class Measured:
+    run: str
+    rows: int
+    seconds: float
+    wall_seconds: float
+    peak_mib: float
+    measure: str
+    processes: int
+    outside_tree: list[str]
+    """Processes of the run's Ray session that were not descendants of the run's process."""
+    breakdown: list[tuple[str, float]]
+    delta_rows: int
+    postgres_rows: int
+    cpu_run: float
+    """CPU seconds used by the run's processes."""
+    cpu_postgres: float
+    """CPU seconds used by the PostgreSQL backends serving the run's database and the server's writers."""
+    cpu_other: float
+    """CPU seconds the rest of the machine used meanwhile: a busy machine makes the figures unreliable."""
+    cpu_sampler: float
+    """CPU seconds this benchmark's sampling used meanwhile."""
+    cpu_by_process: list[tuple[str, float]]
+
+    @property
+    def machine_busy(self) -> bool:
+        return self.cpu_other > 0.15 * self.wall_seconds * (os.cpu_count() or 1)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds
+
+
+def measure(run: str, shape: Shape, admin_url: str) -> Measured:
+    """Run one side in a subprocess against a fresh database and lakehouse; drop both afterwards."""
+    import psycopg
+
+    from engine.db import with_database
+
+    name = f"ipai_bench_{uuid.uuid4().hex[:10]}"
+    work = Path(tempfile.mkdtemp(prefix=f"ipai-bench-{run.replace(', ', '-').replace(' ', '-')}-"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+        try:
+            conn.execute("checkpoint")  # the previous run's WAL is not flushed during this one
+        except psycopg.Error:
+            pass  # not a superuser: the runs may then share some checkpoint work
+    db_url = with_database(admin_url, name)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the engine starts its own local Ray
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", run, "--rows", str(shape.rows),
+           "--seed", str(shape.seed), "--partition-rows", str(shape.partition_rows),
+           "--commit-rows", str(shape.commit_rows), "--db-url", db_url, "--work", str(work)]
+    try:
+        t0, cpu0, own0 = time.perf_counter(), _busy_cpu(), sum(psutil.Process().cpu_times()[:2])
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sampler = MemorySampler(proc.pid, database=name)
+        sampler.start()
+        out, err = proc.communicate()
+        sampler.stop()
+        wall, busy = time.perf_counter() - t0, _busy_cpu() - cpu0
+        own = sum(psutil.Process().cpu_times()[:2]) - own0
+        _reap(sampler)
+        line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            raise SystemExit(f"{run} run failed (exit {proc.returncode}):\n{err[-4000:]}")
+        result = json.loads(line[len("RESULT "):])
+        delta_rows, pg_rows = _count(work / "lakehouse", db_url)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+        shutil.rmtree(work, ignore_errors=True)
+    cpu_run, cpu_pg = sum(sampler.cpu.values()), sum(sampler.postgres_cpu.values())
+    return Measured(run, result["rows"], result["seconds"], wall, sampler.peak_mib, sampler.measure,
+                    len(sampler.pids_seen), sorted(sampler.outside_names), sampler.peak_breakdown, delta_rows, pg_rows,
+                    cpu_run, cpu_pg, max(0.0, busy - cpu_run - cpu_pg - own), own, _cpu_by_label(sampler))
+
+
+def _cpu_by_label(sampler: MemorySampler) -> list[tuple[str, float]]:
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for pid, seconds in sampler.cpu.items():
+        label = sampler.labels.get(pid, "?")
+        totals[label] = totals.get(label, 0.0) + seconds
+        counts[label] = counts.get(label, 0) + 1
+    return sorted(((f"{k} x{counts[k]}" if counts[k] > 1 else k, v) for k, v in totals.items()), key=lambda x: -x[1])
+
+
+def wait_idle(seconds: float) -> bool:
+    """Wait up to `seconds` for the machine to be idle (under 10% CPU over a second); return whether it is."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if psutil.cpu_percent(interval=1.0) < 10:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def _busy_cpu() -> float:
+    """Return the CPU seconds the whole machine has spent busy since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _reap(sampler: MemorySampler) -> None:
+    """Stop Ray processes of the run that outlived it (started by the run, so ours to end), by pid."""
+    for pid in sampler.pids_seen - {sampler.root}:
+        try:
+            p = psutil.Process(pid)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                p.terminate()
+        except psutil.Error:
+            pass
+
+
+def _count(lakehouse: Path, db_url: str) -> tuple[int, int]:
+    """Return the rows in the run's bronze Delta tables and bronze Postgres tables (outside the timing)."""
+    import psycopg
+    from deltalake import DeltaTable
+
+    delta = 0
+    for path in sorted(lakehouse.glob("**/_delta_log")):
+        actions = DeltaTable(str(path.parent)).get_add_actions(flatten=True)
+        delta += sum(v or 0 for v in actions.column("num_records").to_pylist())
+    pg = 0
+    with psycopg.connect(db_url) as conn:
+        tables = conn.execute("select table_schema, table_name from information_schema.tables"
+                              " where table_name like 'raw\\_bench\\_%'").fetchall()
+        for schema, table in tables:
+            pg += conn.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0]  # type: ignore[index]
+    return delta, pg
+
+
+# -- reporting --------------------------------------------------------------------------------------
+
+
+def admin_database(explicit: str | None) -> tuple[str, Any]:
+    """Return a maintenance-database URL (and an embedded server to keep alive, if one was started)."""
+    import psycopg
+
+    url = explicit or os.environ.get("IPAI_DATABASE_URL")
+    if url:
+        return url, None
+    try:
+        psycopg.connect(DEFAULT_SERVER_URL, connect_timeout=2).close()
+        return DEFAULT_SERVER_URL, None
+    except psycopg.OperationalError:
+        pass
+    from engine.db import start_embedded
+
+    db = start_embedded(Path(tempfile.mkdtemp(prefix="ipai-bench-pg-")) / "pgdata")
+    return db.url, db
+
+
+def table(results: list[list[Measured]]) -> str:
+    lines = ["| run | rows | seconds | rows/s | peak memory (MiB) | ratio vs floor (rows/s) | memory vs floor |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for floor, *others in results:
+        for m in (floor, *others):
+            speed = m.rows_per_second / floor.rows_per_second
+            lines.append(f"| {m.run} | {m.rows:,} | {m.seconds:.1f} | {m.rows_per_second:,.0f} | {m.peak_mib:,.0f}"
+                         f" | {speed:.2f} | {m.peak_mib / floor.peak_mib:.1f}x |")
+    return "\n".join(lines)
+
+
+def verdicts(results: list[list[Measured]]) -> list[tuple[bool | None, str]]:
+    """Check the targets on the floor and engine runs (the optional warm-Ray run is for information)."""
+    out: list[tuple[bool | None, str]] = []
+    for floor, engine, *_ in results:
+        ratio = engine.rows_per_second / floor.rows_per_second
+        out.append((ratio >= SPEED_TARGET, f"{engine.rows:,} rows: engine at {ratio:.0%} of the floor's rows/s"
+                    f" (target >= {SPEED_TARGET:.0%})"))
+        if engine.rows <= MEMORY_LIMIT_AT_ROWS * 1.01:
+            out.append((engine.peak_mib < MEMORY_LIMIT_MIB, f"{engine.rows:,} rows: engine peak memory "
+                        f"{engine.peak_mib:,.0f} MiB (target < {MEMORY_LIMIT_MIB:,} MiB up to 5M rows)"))
+    engines = sorted((e for _, e, *_ in results), key=lambda m: m.rows)
+    if len(engines) < 2:
+        out.append((None, "memory growth with rows: not checked (give --rows-list with two sizes or more)"))
+    for small, large in zip(engines, engines[1:]):
+        rows_x, mem_x = large.rows / small.rows, large.peak_mib / small.peak_mib
+        out.append((mem_x < rows_x, f"memory growth {small.rows:,} -> {large.rows:,} rows: x{mem_x:.2f} for"
+                    f" x{rows_x:.2f} the rows (target: less than linear)"))
+    for group in results:
+        for m in group:
+            if m.delta_rows != m.rows or m.postgres_rows != m.rows:
+                out.append((False, f"{m.run} {m.rows:,} rows: Delta holds {m.delta_rows:,}, Postgres"
+                            f" {m.postgres_rows:,}; both should equal the rows reported"))
+    return out
+
+
+def _print_detail(m: Measured, details: list[str]) -> None:
+    top = ", ".join(f"{n} {v:,.0f}" for n, v in m.breakdown[:6])
+    detail = (f"{m.run} {m.rows:,} rows: {m.seconds:.1f} s ({m.wall_seconds:.1f} s with process start),"
+              f" {m.rows_per_second:,.0f} rows/s, peak {m.peak_mib:,.0f} MiB over {m.processes}"
+              f" processes ({len(m.outside_tree)} found outside the process tree"
+              f"{': ' + ', '.join(m.outside_tree) if m.outside_tree else ''}); at peak (MiB): {top};"
+              f" CPU seconds: run {m.cpu_run:.1f}, postgres {m.cpu_postgres:.1f},"
+              f" the benchmark's sampling {m.cpu_sampler:.1f}, rest of the machine {m.cpu_other:.1f}; by process: "
+              + ", ".join(f"{n} {v:.1f}" for n, v in m.cpu_by_process[:8])
+              + (" -- WARNING: the machine was busy with other work; figures are unreliable"
+                 if m.machine_busy else ""))
+    details.append(detail)
+    print(detail, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=5_000_000, help="total rows over the three streams")
+    parser.add_argument("--rows-list", help="several totals, comma-separated (overrides --rows)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--partition-rows", type=int, default=250_000, help="sample partition_rows (per task)")
+    parser.add_argument("--commit-rows", type=int, default=1_000_000, help="tuning.commit_rows (per commit)")
+    parser.add_argument("--database-url", help="admin URL of the Postgres to use (default: IPAI_DATABASE_URL,"
+                        " else the local server, else an embedded one)")
+    parser.add_argument("--only", choices=["floor", "engine"], help="run one side only (no ratio checks)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each side per size, alternating; the"
+                        " fastest is reported, with the highest peak memory of all")
+    parser.add_argument("--wait-idle", type=float, default=60, help="seconds to wait, before each run, for"
+                        " the machine to be idle (other work makes the figures unreliable)")
+    parser.add_argument("--warm-ray", action="store_true", help="also run the engine with Ray started before"
+                        " its clock (a long-lived cluster); shown for information, not checked")
+    parser.add_argument("--child", choices=["floor", "engine", WARM], help=argparse.SUPPRESS)
+    parser.add_argument("--db-url", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args)
+        return
+
+    sizes = [int(s.replace("_", "")) for s in args.rows_list.split(",")] if args.rows_list else [args.rows]
+    admin, server = admin_database(args.database_url)
+    from engine.spec import redact_url
+
+    print(f"postgres: {redact_url(admin)}{' (embedded)' if server else ''}; cpus: {os.cpu_count()};"
+          f" partition_rows {args.partition_rows:,}, commit_rows {args.commit_rows:,}; {args.repeat} run(s) of"
+          " each side per size, the fastest kept", flush=True)
+    results: list[list[Measured]] = []
+    runs = ("floor", "engine", WARM) if args.warm_ray else ("floor", "engine")
+    measures: set[str] = set()
+    details: list[str] = []
+    for rows in sizes:
+        shape = Shape(rows, args.seed, args.partition_rows, args.commit_rows)
+        best: dict[str, Measured] = {}
+        for attempt in range(args.repeat):
+            for run in runs:
+                if args.only and run != args.only:
+                    continue
+                if not wait_idle(args.wait_idle):
+                    print(f"the machine is still busy after {args.wait_idle:.0f} s; running anyway", flush=True)
+                m = measure(run, shape, admin)
+                measures.add(m.measure)
+                _print_detail(m, details)
+                if run in best:
+                    peak = max(m.peak_mib, best[run].peak_mib)
+                    m = m if m.seconds < best[run].seconds else best[run]
+                    m.peak_mib = peak
+                best[run] = m
+        group = [best[r] for r in runs if r in best]
+        if len(group) >= 2:
+            results.append(group)
+    if not results:
+        return
+    measure_note = ("PSS (proportional set size: shared pages split between the processes mapping them)"
+                    if measures == {"pss"} else "RSS (PSS unavailable here; shared pages counted once per process)")
+    report = table(results)
+    checks = verdicts(results)
+    print()
+    print(report)
+    print(f"\nmemory measure: {measure_note}; sampled every {SAMPLE_S} s over the run's whole process tree;"
+          " the PostgreSQL server is left out (shared by both runs)")
+    for ok, text in checks:
+        print(f"{'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}  {text}")
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench_bronze-{datetime.now().strftime('%Y%m%d-%H%M%S')}.md"
+    path.write_text(
+        f"# bench_bronze, {datetime.now().isoformat(timespec='seconds')}\n\n"
+        f"Postgres: {redact_url(admin)}; {os.cpu_count()} CPUs; partition_rows {args.partition_rows:,};"
+        f" commit_rows {args.commit_rows:,}; seed {args.seed}; {args.repeat} run(s) of each side per size, the"
+        f" fastest kept.\n\n{report}\n\n"
+        f"Memory measure: {measure_note}, sampled every {SAMPLE_S} s; PostgreSQL server processes left out.\n\n"
+        + "\n".join(f"- {'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}: {t}" for ok, t in checks)
+        + "\n\nDetails:\n\n" + "\n".join(f"- {d}" for d in details) + "\n",
+        encoding="utf-8",
+    )
+    print(f"\nwritten to {path.relative_to(ROOT)}")
+    if server is not None:
+        del server
+
+
+if __name__ == "__main__":
+    main()
