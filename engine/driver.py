@@ -323,7 +323,7 @@ class _Run:
         refs: Any = read_partition.options(
             name=f"read {self.spec.name}.{run.stream.name} {partition.label}",
             max_retries=self.spec.tuning.read_retries, retry_exceptions=[TransientError],
-        ).remote(run.stream, partition, ctx, ext.id, ext.commit_id(partition), self.options.faults)
+        ).remote(run.stream, partition, ctx, ext.id, ext.partition_no(partition), self.options.faults)
         table_ref, rows_ref = refs  # num_returns=2
         self.reads[rows_ref] = (run, partition, table_ref)
         run.reading += 1

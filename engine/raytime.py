@@ -40,7 +40,7 @@ def cluster_cpus() -> int:
 
 @ray.remote(num_returns=2)
 def read_partition(
-    stream: Stream, partition: Partition, ctx: ReadContext, extraction_id: str, commit_id: str,
+    stream: Stream, partition: Partition, ctx: ReadContext, extraction_id: str, partition_no: int,
     faults: FaultPlan | None,
 ) -> tuple[pa.Table | None, int]:
     """Read one partition into an Arrow table stamped with the bronze system columns; return (table, rows)."""
@@ -51,14 +51,14 @@ def read_partition(
         return None, 0
     table = pa.Table.from_batches(batches)
     n = table.num_rows
-    # The text columns hold one value per partition: dictionary-encoded they cost 4 bytes a row in the
-    # object store instead of ~190 (more than the source row itself). Delta stores them as plain
-    # strings; the Postgres loader decodes them batch by batch.
+    # System columns cost bytes on every row, so they are kept small: the run and extraction ids are
+    # dictionary-encoded in flight (4 bytes a row instead of 36), written as text to Delta and as uuid
+    # to Postgres; the partition is its number in the extraction's stored plan, not its key.
     first = pa.repeat(pa.scalar(0, pa.int32()), n)
-    for name, text in (("_ipai_run_id", ctx.run_id), ("_ipai_extraction_id", extraction_id),
-                       ("_ipai_partition", commit_id)):
+    for name, text in (("_ipai_run_id", ctx.run_id), ("_ipai_extraction_id", extraction_id)):
         column = pa.DictionaryArray.from_arrays(first, pa.array([text], pa.string()))
         table = table.append_column(pa.field(name, column.type), column)
+    table = table.append_column(pa.field("_ipai_partition", pa.int32()), pa.repeat(pa.scalar(partition_no, pa.int32()), n))
     now = pa.scalar(datetime.now(timezone.utc), pa.timestamp("us", tz="UTC"))
     table = table.append_column(pa.field("_ipai_extracted_at", now.type), pa.repeat(now, n))
     return table, n

@@ -29,6 +29,14 @@ class Extraction:
     partitions: tuple[Partition, ...]
     resumed: bool
 
+    def partition_no(self, partition: Partition) -> int:
+        """Return the partition's number in the stored plan (bronze's `_ipai_partition`)."""
+        numbers = self.__dict__.get("_numbers")
+        if numbers is None:
+            numbers = {p: i for i, p in enumerate(self.partitions)}
+            object.__setattr__(self, "_numbers", numbers)
+        return int(numbers[partition])
+
     def commit_id(self, partition: Partition) -> str:
         """Return the id that marks `partition` of this extraction in Delta and in the load ledger."""
         return f"{self.id}:{partition.key}"
@@ -106,7 +114,7 @@ def record_partitions(
             " state_json) values (%s, %s, 'partition', %s, %s, %s, %s, %s)"
             " on conflict (instance_id, stream, kind, key) do nothing",
             [(instance_id, extraction.stream, extraction.commit_id(p), extraction.id, run_id, n,
-              json.dumps(p.to_json())) for p, n in committed],
+              json.dumps({**p.to_json(), "no": extraction.partition_no(p)})) for p, n in committed],
         )
 
 

@@ -36,13 +36,25 @@ def day_cursor(day: int) -> str:
 
 
 def bronze_postgres(url: str, table: str, schema: str = "bronze") -> pa.Table:
+    """Read a bronze table from Postgres, with its uuid system columns as text (as Delta has them)."""
     with adbc.connect(url) as conn, conn.cursor() as cur:
         cur.execute(f'select * from "{schema}"."{table}"')
-        return cur.fetch_arrow_table()
+        got = cur.fetch_arrow_table()
+    for i, field in enumerate(got.schema):
+        if isinstance(field.type, pa.UuidType):
+            text = pa.array([None if v is None else str(v) for v in got.column(i).to_pylist()], pa.string())
+            got = got.set_column(i, pa.field(field.name, pa.string()), text)
+    return got
 
 
 def bronze_delta(uri: str) -> pa.Table:
     return DeltaTable(uri).to_pyarrow_table()
+
+
+def rows_per_partition(table: pa.Table) -> Counter[tuple[str, int]]:
+    """Count bronze rows by (extraction id, partition number); Postgres gives uuids, Delta text."""
+    extraction = [str(v) for v in table.column("_ipai_extraction_id").to_pylist()]
+    return Counter(zip(extraction, table.column("_ipai_partition").to_pylist()))
 
 
 def keys(table: pa.Table, pk: tuple[str, ...]) -> list[tuple]:
@@ -52,7 +64,7 @@ def keys(table: pa.Table, pk: tuple[str, ...]) -> list[tuple]:
 
 def assert_exactly_once_per_extraction(table: pa.Table, pk: tuple[str, ...]) -> None:
     """Each source row appears once per extraction: no duplicates from replays or retries."""
-    cols = [table.column("_ipai_extraction_id").to_pylist()] + [table.column(c).to_pylist() for c in pk]
+    cols = [[str(v) for v in table.column("_ipai_extraction_id").to_pylist()]] + [table.column(c).to_pylist() for c in pk]
     counts = Counter(zip(*cols))
     dupes = [k for k, n in counts.items() if n > 1]
     assert not dupes, f"{len(dupes)} rows loaded more than once in one extraction, e.g. {dupes[:3]}"
@@ -104,31 +116,32 @@ def assert_state_not_ahead_of_data(db_url: str, lakehouse_uri: str, spec: Sample
                                 (spec.name, spec.env)).fetchone()
         assert instance is not None, f"no instance {spec.name!r} in the control plane"
         recorded = conn.execute(
-            "select stream, key, rows from connector_state where instance_id = %s and kind = 'partition'",
+            "select stream, key, rows, extraction_id::text, (state_json->>'no')::int from connector_state"
+            " where instance_id = %s and kind = 'partition'",
             (instance[0],),
         ).fetchall()
         ledger: dict[tuple[str, str], int] = {}
         if conn.execute("select to_regclass(%s)", (f"{schema}._ipai_loads",)).fetchone() != (None,):
             ledger = {(t, c): n for t, c, n in conn.execute(
                 f'select table_name, commit_id, rows from "{schema}"._ipai_loads')}
-    by_stream: dict[str, list[tuple[str, int]]] = {}
-    for stream, key, n in recorded:
+    by_stream: dict[str, list[tuple[str, int, tuple[str, int]]]] = {}
+    for stream, key, n, extraction_id, number in recorded:
         if n:
-            by_stream.setdefault(stream, []).append((key, int(n)))
+            by_stream.setdefault(stream, []).append((key, int(n), (extraction_id, number)))
     dest = spec.destinations
     for stream, partitions in by_stream.items():
         table = f"raw_{spec.name}_{stream}"
         if dest.lakehouse.enabled:
             delta_uri = f"{dest.lakehouse.uri or lakehouse_uri}/bronze/{table}"
             log = DeltaTable(delta_uri)
-            delta_rows = Counter(bronze_delta(delta_uri).column("_ipai_partition").to_pylist())
-            for key, n in partitions:
+            delta_rows = rows_per_partition(bronze_delta(delta_uri))
+            for key, n, where in partitions:
                 assert log.transaction_version(key) is not None, f"{stream} {key}: recorded, not in the Delta log"
-                assert delta_rows[key] == n, f"{stream} {key}: recorded with {n} rows, Delta holds {delta_rows[key]}"
+                assert delta_rows[where] == n, f"{stream} {key}: recorded with {n} rows, Delta holds {delta_rows[where]}"
         if dest.postgres.enabled:
-            pg_rows = Counter(bronze_postgres(db_url, table, schema).column("_ipai_partition").to_pylist())
-            for key, n in partitions:
+            pg_rows = rows_per_partition(bronze_postgres(db_url, table, schema))
+            for key, n, where in partitions:
                 loaded = ledger.get((table, key))
                 assert loaded == n, f"{stream} {key}: recorded with {n} rows, the Postgres ledger has {loaded}"
-                assert pg_rows[key] == n, f"{stream} {key}: recorded with {n} rows, Postgres holds {pg_rows[key]}"
+                assert pg_rows[where] == n, f"{stream} {key}: recorded with {n} rows, Postgres holds {pg_rows[where]}"
     return len(recorded)

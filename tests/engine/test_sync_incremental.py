@@ -80,3 +80,14 @@ def test_full_refresh_rereads_everything_and_keeps_the_cursor(settings, database
     assert again.rows_by_stream["orders"] == source_rows(spec20, "orders").num_rows
     with psycopg.connect(database.url) as conn:
         assert state.get_cursor(conn, again.instance_id, "orders") == day_cursor(20)
+
+
+def test_bronze_postgres_keeps_source_types_and_compact_system_columns(settings, database):
+    sync(settings, database, 20)
+    with psycopg.connect(database.url) as conn:
+        types = dict(conn.execute(
+            "select column_name, data_type from information_schema.columns"
+            " where table_schema = 'bronze' and table_name = 'raw_shop_orders'").fetchall())
+    assert types["amount"] == "numeric" and types["updated_at"] == "timestamp with time zone"
+    assert types["_ipai_run_id"] == types["_ipai_extraction_id"] == "uuid"
+    assert types["_ipai_partition"] == "integer"
