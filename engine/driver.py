@@ -175,7 +175,9 @@ class _Run:
             self.timings["plan_s"] = round(time.monotonic() - t0, 3)
             current = "reading"
             if any(s.queued for s in self.streams.values()):
+                t_ray = time.monotonic()
                 ensure_ray(self.settings.ray_address, dashboard=self.options.dashboard)
+                self.timings["ray_connect_s"] = round(time.monotonic() - t_ray, 3)
                 self._start_writers()
             self._loop()
             self.timings["total_s"] = round(time.monotonic() - t0, 3)

@@ -36,9 +36,11 @@ class PostgresBronzeTable:
         self._columns: set[str] | None = None
 
     def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = adbc.connect(self.url)
-            with self._conn.cursor() as cur:
+        if self._conn is not None:
+            return self._conn
+        conn = adbc.connect(self.url)
+        try:
+            with conn.cursor() as cur:
                 # Concurrent `create ... if not exists` can still collide in the catalog (unique
                 # violation): writers of different tables set up the schema one at a time.
                 cur.execute("select pg_advisory_xact_lock(hashtext('ipai bronze setup'))")
@@ -48,8 +50,12 @@ class PostgresBronzeTable:
                     " table_name text not null, commit_id text not null, rows bigint not null,"
                     " loaded_at timestamptz not null default now(), primary key (table_name, commit_id))"
                 )
-            self._conn.commit()
-        return self._conn
+            conn.commit()
+        except BaseException:
+            conn.close()  # never keep a connection stuck in a failed transaction: the next call starts afresh
+            raise
+        self._conn = conn
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:
