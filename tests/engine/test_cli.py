@@ -70,6 +70,11 @@ def test_submit_wait_lands_data_and_runs_logs_state_report_it(tmp_path, settings
     truth = source_rows(parse_spec(spec_path.read_text()), "orders")
     assert bronze_postgres(settings.database_url, "raw_cli_orders").num_rows == truth.num_rows
 
+    counted = ipai("sql", "select count(*) as n from bronze.raw_cli_orders", env=env).stdout
+    assert f"│ {truth.num_rows} │" in counted
+    bad = ipai("sql", "selct 1", env=env, check=False)
+    assert bad.returncode == 1 and 'syntax error at or near "selct"' in bad.stderr and "Traceback" not in bad.stderr
+
     [run] = runs(env)
     assert run["status"] == "succeeded" and run["instance_name"] == "cli"
     assert run["rows_processed"] > truth.num_rows  # customers and order lines too
