@@ -115,6 +115,15 @@ class PostgresDestination(SpecModel):
     """Connection URL; defaults to the control-plane database (`IPAI_DATABASE_URL` or the embedded one)."""
     bronze_schema: str = Field(default="bronze", pattern=NAME_PATTERN)
 
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_clear(cls, value: str | SecretRef | None) -> str | SecretRef | None:
+        # A spec is stored whole in the control plane and reviewed in pull requests: no secret in it.
+        if isinstance(value, str) and redact_url(value) != value:
+            raise ValueError("the URL carries a password; reference it instead ({secret: NAME}) "
+                             "or set IPAI_DATABASE_URL and leave url unset")
+        return value
+
 
 class Destinations(SpecModel):
     """Where the data lands. Both are on by default."""

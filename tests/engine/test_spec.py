@@ -89,3 +89,10 @@ def test_secret_references_are_explicit_objects():
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SpecError, match="nope.yaml: no such file"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_a_password_in_a_destination_url_is_refused_without_echoing_it():
+    text = "name: a\nsource_type: sample\ndestinations:\n  postgres:\n    url: postgresql://u:hunter2@db/x\n"
+    [issue] = issues(text)
+    assert issue.startswith("x.yaml:5:10: destinations.postgres.url: Value error, the URL carries a password")
+    assert "hunter2" not in issue
