@@ -35,9 +35,12 @@ spec_app = typer.Typer(help="Validate specs and print their JSON Schema.", no_ar
 state_app = typer.Typer(help="Show or reset an instance's sync state (cursors, committed partitions).",
                         no_args_is_help=True)
 db_app = typer.Typer(help="Control-plane database.", no_args_is_help=True)
+ray_app = typer.Typer(help="A long-lived local Ray (and its dashboard) that every ipai command reuses.",
+                      no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(state_app, name="state")
 app.add_typer(db_app, name="db")
+app.add_typer(ray_app, name="ray")
 
 # Piped output is read by scripts and agents: do not cut table cells to a pretend 80-column terminal.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -51,6 +54,10 @@ LakehouseOpt = Annotated[str | None, typer.Option("--lakehouse", help="Lakehouse
 
 def main() -> None:
     """Entry point of the `ipai` console script."""
+    # A Ray head started with `ray start` (ours: `ipai ray start`) wants its token, which Ray sends only
+    # in token mode; Ray reads the mode when it is imported, so it is set here, before anything imports it.
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
     try:
         app()
     except IpaiError as exc:
@@ -132,7 +139,8 @@ def _execute(spec: ConnectorSpec, db: Database, settings: Settings, options: Any
         except RunCancelled:
             raise typer.Exit(130) from None
         return
-    err.print(f"run {run_id}: syncing {spec.name} ({spec.source_type}) ...", highlight=False)
+    where = f"Ray at {settings.ray_address}" if settings.ray_address else "a local Ray started for this run"
+    err.print(f"run {run_id}: syncing {spec.name} ({spec.source_type}) on {where} ...", highlight=False)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("partitions  {task.fields[rows]:>12,} rows  {task.fields[rate]:>10,.0f} rows/s"),
                TimeElapsedColumn()]
@@ -353,6 +361,40 @@ def _print_query(conn: psycopg.Connection[Any], query: str, *, limit: int) -> No
     out.print(table)
     if cur.fetchone() is not None:
         out.print(f"(first {limit} rows shown)")
+
+
+@ray_app.command("start")
+def ray_start(
+    dashboard_port: Annotated[int, typer.Option(help="Port of the Ray dashboard.")] = 8265,
+) -> None:
+    """Start a local Ray head in the background; later commands use it instead of starting their own."""
+    from engine import localray
+
+    home = _settings().home
+    head = localray.start(home, dashboard_port=dashboard_port)
+    out.print(f"local Ray running at {head.address}; dashboard {head.dashboard_url}", highlight=False)
+    out.print("ipai commands now use it (RAY_ADDRESS or --address still win); stop it with `ipai ray stop`")
+
+
+@ray_app.command("status")
+def ray_status() -> None:
+    """Say whether the local Ray head is running, and where."""
+    from engine.localray import LocalHead
+
+    head = LocalHead.read(_settings().home)
+    if head is None or not head.alive():
+        out.print("no local Ray head: each run starts (and stops) its own; `ipai ray start` keeps one up")
+        raise typer.Exit(1)
+    out.print(f"local Ray running at {head.address}; dashboard {head.dashboard_url}", highlight=False)
+
+
+@ray_app.command("stop")
+def ray_stop() -> None:
+    """Stop the local Ray head (only its own processes; other Ray clusters are left alone)."""
+    from engine import localray
+
+    n = localray.stop(_settings().home)
+    out.print(f"stopped the local Ray head ({n} processes)" if n else "no local Ray head was running")
 
 
 # -- demo -----------------------------------------------------------------------------------------------

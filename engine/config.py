@@ -53,8 +53,17 @@ class Settings:
             home=home,
             database_url=database_url or env.get("IPAI_DATABASE_URL") or file_values.get("database_url"),
             lakehouse_uri=lakehouse,
-            ray_address=ray_address or env.get("RAY_ADDRESS") or file_values.get("ray_address"),
+            ray_address=ray_address or env.get("RAY_ADDRESS") or file_values.get("ray_address")
+            or _local_head_address(home),
         )
+
+
+def _local_head_address(home: Path) -> str | None:
+    """Return the address of the long-lived local Ray head (`ipai ray start`) when it is running."""
+    from engine.localray import LocalHead
+
+    head = LocalHead.read(home)
+    return head.address if head is not None and head.alive() else None
 
 
 def _read_config(path: Path) -> dict[str, str]:

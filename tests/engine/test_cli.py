@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -190,3 +191,23 @@ def test_embedded_postgres_is_used_when_no_database_is_configured(tmp_path, sett
     db = start_embedded(pgdata)
     truth = source_rows(parse_spec(spec_path.read_text()), "order_lines")
     assert bronze_postgres(db.url, "raw_emb_order_lines").num_rows == truth.num_rows
+
+
+def test_local_ray_head_is_reused_by_submit_and_stops_alone(tmp_path, settings):
+    env = env_for(settings)
+    del env["RAY_ADDRESS"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    started = ipai("ray", "start", "--dashboard-port", str(dashboard_port), env=env).stdout
+    address = started.split("local Ray running at ")[1].split(";")[0]
+    try:
+        assert ipai("ray", "status", env=env).stdout.startswith(f"local Ray running at {address}")
+        done = ipai("submit", str(write_spec(tmp_path, "head")), "--wait", env=env)
+        assert f"on Ray at {address}" in done.stderr
+        assert bronze_postgres(settings.database_url, "raw_head_orders").num_rows > 0
+    finally:
+        stopped = ipai("ray", "stop", env=env).stdout
+    assert "stopped the local Ray head" in stopped
+    assert ipai("ray", "status", env=env, check=False).returncode == 1
+    assert ray.get(ray.remote(lambda: 42).remote()) == 42  # the test session's own Ray is untouched
