@@ -23,4 +23,4 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python benchmarks/bench_bronze.py
+	$(BIN)/python benchmarks/bench_bronze.py --rows-list 1000000,5000000 --warm-ray

@@ -13,7 +13,7 @@ each in its own subprocess so its memory is measured on its own:
   engine  `engine.driver.run_sync` on the equivalent `sample` spec (sync_mode full, all three streams),
           starting its own local Ray, into a fresh database and a fresh lakehouse folder.
 
-`--warm-ray` adds a third run, for information: the engine with Ray started before its clock.
+`--warm-ray` adds a third run: the engine with Ray started before its clock (as after `ipai ray start`).
 
 Peak memory is the largest sum, over samples every 0.2 s, of the memory of the measured subprocess and
 every process it started (Ray's gcs_server, raylet, agents and workers; any process naming the run's
@@ -500,12 +500,21 @@ def table(results: list[list[Measured]]) -> str:
 
 
 def verdicts(results: list[list[Measured]]) -> list[tuple[bool | None, str]]:
-    """Check the targets on the floor and engine runs (the optional warm-Ray run is for information)."""
+    """Check the targets on the floor and engine runs, and the speed target on the warm-Ray run too.
+
+    The floor pays for no server start (Postgres is up for both sides); the warm-Ray run is the engine
+    on the same footing (Ray up, as after `ipai ray start` or on a cluster), the plain engine run pays
+    for starting Ray inside its clock. Both verdicts are printed.
+    """
     out: list[tuple[bool | None, str]] = []
-    for floor, engine, *_ in results:
+    for floor, engine, *warm in results:
         ratio = engine.rows_per_second / floor.rows_per_second
-        out.append((ratio >= SPEED_TARGET, f"{engine.rows:,} rows: engine at {ratio:.0%} of the floor's rows/s"
-                    f" (target >= {SPEED_TARGET:.0%})"))
+        out.append((ratio >= SPEED_TARGET, f"{engine.rows:,} rows: engine (starting its own Ray) at {ratio:.0%}"
+                    f" of the floor's rows/s (target >= {SPEED_TARGET:.0%})"))
+        for w in warm:
+            ratio = w.rows_per_second / floor.rows_per_second
+            out.append((ratio >= SPEED_TARGET, f"{w.rows:,} rows: engine with Ray up at {ratio:.0%}"
+                        f" of the floor's rows/s (target >= {SPEED_TARGET:.0%})"))
         if engine.rows <= MEMORY_LIMIT_AT_ROWS * 1.01:
             out.append((engine.peak_mib < MEMORY_LIMIT_MIB, f"{engine.rows:,} rows: engine peak memory "
                         f"{engine.peak_mib:,.0f} MiB (target < {MEMORY_LIMIT_MIB:,} MiB up to 5M rows)"))
@@ -555,7 +564,7 @@ def main() -> None:
     parser.add_argument("--wait-idle", type=float, default=60, help="seconds to wait, before each run, for"
                         " the machine to be idle (other work makes the figures unreliable)")
     parser.add_argument("--warm-ray", action="store_true", help="also run the engine with Ray started before"
-                        " its clock (a long-lived cluster); shown for information, not checked")
+                        " its clock (a long-lived cluster); checked against the speed target too")
     parser.add_argument("--child", choices=["floor", "engine", WARM], help=argparse.SUPPRESS)
     parser.add_argument("--db-url", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
