@@ -62,7 +62,6 @@ class PlanContext:
     cursor: Any | None
     """The stream's stored watermark (None when never synced or on full refresh)."""
     run_started_at: datetime
-    max_partitions_hint: int = 64
 
 
 @dataclass(frozen=True)

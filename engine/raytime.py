@@ -13,7 +13,6 @@ import ray
 from engine.faults import FaultPlan, crash_point
 from engine.protocol import Partition, ReadContext, Stream
 
-SYSTEM_COLUMNS = ("_ipai_run_id", "_ipai_extraction_id", "_ipai_partition", "_ipai_extracted_at")
 
 
 def ensure_ray(address: str | None = None, *, dashboard: bool = False) -> None:

@@ -8,7 +8,7 @@ whose `source_type` is a `Literal` and whose `source` field is that connector's 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -214,10 +214,3 @@ def selected_streams(spec: ConnectorSpec, offered: list[str]) -> list[str]:
 def redact_url(url: str) -> str:
     """Return `url` with any password replaced by `***`."""
     return re.sub(r"(://[^:/@?#]+:)[^@/?#]+@", r"\1***@", url)
-
-
-def as_plain(value: Any) -> Any:
-    """Return a JSON-friendly copy of a model or value (used for logs and control-plane rows)."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return value

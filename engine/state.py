@@ -8,7 +8,7 @@ and never moves back.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -28,14 +28,14 @@ class Extraction:
     cursor_to: Any
     partitions: tuple[Partition, ...]
     resumed: bool
+    _numbers: dict[Partition, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_numbers", {p: i for i, p in enumerate(self.partitions)})
 
     def partition_no(self, partition: Partition) -> int:
         """Return the partition's number in the stored plan (bronze's `_ipai_partition`)."""
-        numbers = self.__dict__.get("_numbers")
-        if numbers is None:
-            numbers = {p: i for i, p in enumerate(self.partitions)}
-            object.__setattr__(self, "_numbers", numbers)
-        return int(numbers[partition])
+        return self._numbers[partition]
 
     def commit_id(self, partition: Partition) -> str:
         """Return the id that marks `partition` of this extraction in Delta and in the load ledger."""
