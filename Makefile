@@ -23,4 +23,5 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_bronze.py --rows-list 1000000,5000000 --warm-ray

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from connectors import sample
+from connectors import ga4, github, http, sample
 from engine.protocol import Stream
 from engine.spec import ConnectorSpec
 
@@ -24,14 +24,20 @@ class Connector:
     spec_model: type[ConnectorSpec]
     streams: Callable[[Any], Sequence[Stream]]
     summary: str
+    plans_with_ray: bool = False
+    """Planning asks the source (parent records, page counts) through the credential's Ray actor."""
 
 
 CONNECTORS: dict[str, Connector] = {
     "sample": Connector("sample", sample.SampleSpec, sample.streams,
                         "a deterministic shop (customers, orders, order lines); no network"),
+    "http": Connector("http", http.HttpSpec, http.streams, "any REST API, declared in YAML alone",
+                      plans_with_ray=True),
+    "ga4": Connector("ga4", ga4.Ga4Spec, ga4.streams, "Google Analytics 4 reports, one partition per property and day"),
+    "github": Connector("github", github.GitHubSpec, github.streams,
+                        "GitHub repositories, commits, pull requests, issues and issue comments",
+                        plans_with_ray=True),
 }
-
-
 
 def connector_for(spec: ConnectorSpec) -> Connector:
     """Return the connector that reads `spec`."""

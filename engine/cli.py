@@ -26,7 +26,7 @@ from rich.table import Table
 from engine import control, state
 from engine.config import Settings
 from engine.db import Database, migrate, open_database
-from engine.errors import IpaiError, RunCancelled, RunConflict, SpecError
+from engine.errors import ConfigError, IpaiError, RunCancelled, RunConflict, RunDeferred, SpecError
 from engine.spec import ConnectorSpec, redact_url
 
 app = typer.Typer(help="IPAI Data Connectors: parallel ELT into a Delta lakehouse and Postgres, on Ray.",
@@ -41,6 +41,8 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(state_app, name="state")
 app.add_typer(db_app, name="db")
 app.add_typer(ray_app, name="ray")
+secret_app = typer.Typer(help="Secrets that specs reference as {secret: NAME}.", no_args_is_help=True)
+app.add_typer(secret_app, name="secret")
 
 # Piped output is read by scripts and agents: do not cut table cells to a pretend 80-column terminal.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -60,6 +62,9 @@ def main() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
     try:
         app()
+    except RunDeferred as exc:
+        err.print(f"[yellow]deferred:[/yellow] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(75)  # EX_TEMPFAIL: try again later
     except IpaiError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(exc, SpecError) else 1)
@@ -443,3 +448,35 @@ def _demo_spec(orders: int, today: int) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+# -- secret ---------------------------------------------------------------------------------------------
+
+
+@secret_app.command("set")
+def secret_set(
+    name: Annotated[str, typer.Argument(help="Secret name, as specs reference it ({secret: NAME}).")],
+) -> None:
+    """Store a secret read from stdin (never from the command line, where shells and `ps` would keep it)."""
+    from engine.secrets import LocalSecretStore
+
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"value of {name} (not echoed): ")
+    else:
+        value = sys.stdin.read()
+    value = value.rstrip("\r\n")
+    if not value:
+        raise ConfigError(f"no value for secret {name!r} on stdin; pipe it in: `ipai secret set {name} < file`")
+    LocalSecretStore(_settings().home).set(name, value)
+    out.print(f"secret {name} stored", highlight=False)
+
+
+@secret_app.command("list")
+def secret_list() -> None:
+    """List the names of stored secrets (never their values)."""
+    from engine.secrets import LocalSecretStore
+
+    for name in LocalSecretStore(_settings().home).names():
+        out.print(name, highlight=False)

@@ -22,10 +22,14 @@ from connectors import connector_for
 from engine import control, state
 from engine.config import Settings
 from engine.db import Database, migrate
-from engine.errors import ConfigError, IpaiError, LeaseLost, RunCancelled, RunFailed, TransientError
+from engine.errors import (
+    ConfigError, IpaiError, LeaseLost, RunCancelled, RunDeferred, RunFailed, SourceDeferred, TransientError,
+)
 from engine.faults import DriverCrash, FaultPlan, crash_point
 from engine.protocol import Partition, PlanContext, ReadContext, Stream
 from engine.raytime import cluster_cpus, ensure_ray, read_partition
+from engine.secrets import LocalSecretStore, Redactor
+from engine.secrets import resolve as resolve_secrets
 from engine.spec import ConnectorSpec, SecretRef, redact_url, selected_streams
 from layers.bronze import Ack, BronzeTarget, BronzeWriter
 from layers.delta import table_uri
@@ -161,6 +165,10 @@ class _Run:
         self.writes: dict[Any, tuple[_StreamRun, list[tuple[Partition, Any, int]]]] = {}
         self.timings: dict[str, float] = {}
         self.last_beat = 0.0
+        self.store = LocalSecretStore(settings.home)
+        self.secrets: dict[str, str] = {}
+        self.redact = Redactor(())
+        self.deferred: SourceDeferred | None = None
 
     def log(self, level: str, event: str, message: str, **fields: Any) -> None:
         control.log(self.conn, self.run_id, level, event, message, **fields)
@@ -171,15 +179,19 @@ class _Run:
         try:
             self.log("info", "run.started", f"run of {self.spec.name} ({self.spec.source_type}) started",
                      full_refresh=self.options.full_refresh, trigger=self.options.trigger)
+            self.secrets = resolve_secrets(self.spec, self.store)
+            self.redact = Redactor.of(self.secrets.values())
+            if connector_for(self.spec).plans_with_ray:
+                self._connect_ray()
             self._plan()
             self.timings["plan_s"] = round(time.monotonic() - t0, 3)
             current = "reading"
             if any(s.queued for s in self.streams.values()):
-                t_ray = time.monotonic()
-                ensure_ray(self.settings.ray_address, dashboard=self.options.dashboard)
-                self.timings["ray_connect_s"] = round(time.monotonic() - t_ray, 3)
+                self._connect_ray()
                 self._start_writers()
             self._loop()
+            if self.deferred is not None:
+                return self._defer(self.deferred, t0)
             self.timings["total_s"] = round(time.monotonic() - t0, 3)
             self._save_progress()
             control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings)
@@ -198,15 +210,40 @@ class _Run:
                     ray.kill(run.writer)
                     run.writer = None
             raise
+        except RunDeferred:
+            raise
+        except SourceDeferred as exc:  # raised while planning; a read's deferral ends the loop instead
+            return self._defer(exc, t0)
         except IpaiError as exc:
-            self._end("failed", str(exc), t0)
-            raise RunFailed(f"run {self.run_id} failed while {current}: {exc}", run_id=self.run_id) from None
+            msg = self.redact(str(exc))
+            self._end("failed", msg, t0)
+            raise RunFailed(f"run {self.run_id} failed while {current}: {msg}", run_id=self.run_id) from None
         except Exception as exc:  # noqa: BLE001 - every other failure is reported on the run, then raised as ours
-            msg = _describe(exc)
+            msg = self.redact(_describe(exc))
             self._end("failed", msg, t0)
             raise RunFailed(f"run {self.run_id} failed while {current}: {msg}", run_id=self.run_id) from None
         finally:
             self._stop_writers()
+
+    def _connect_ray(self) -> None:
+        if "ray_connect_s" in self.timings:
+            return
+        t_ray = time.monotonic()
+        ensure_ray(self.settings.ray_address, dashboard=self.options.dashboard)
+        self.timings["ray_connect_s"] = round(time.monotonic() - t_ray, 3)
+
+    def _defer(self, exc: SourceDeferred, t0: float) -> RunResult:
+        """Park the run until the source's quota resets: committed partitions stay, the extraction stays open."""
+        until = datetime.fromtimestamp(exc.until, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        msg = self.redact(f"deferred until {until}: {exc}")
+        self._drain_writes()
+        self.timings["total_s"] = round(time.monotonic() - t0, 3)
+        self._save_progress()
+        control.finish_run(self.conn, self.run_id, status="deferred", error=msg, timings=self.timings,
+                           deferred_until=exc.until)
+        self.log("warning", "run.deferred", msg, until=exc.until)
+        raise RunDeferred(f"run {self.run_id} {msg}; run it again after that time to resume",
+                          run_id=self.run_id, until=exc.until)
 
     # -- planning -------------------------------------------------------------------------------------
 
@@ -232,7 +269,8 @@ class _Run:
                 if mode == "incremental" and not self.options.full_refresh:
                     cursor = state.get_cursor(self.conn, self.instance_id, name)
                 plan = stream.plan(PlanContext(sync_mode=mode, cursor=cursor,
-                                               run_started_at=datetime.now(timezone.utc)))
+                                               run_started_at=datetime.now(timezone.utc), secrets=self.secrets,
+                                               options={"secret_store": self.store}))
                 extraction = state.create_extraction(self.conn, self.instance_id, name, run_id=self.run_id,
                                                      sync_mode=mode, cursor_from=cursor, plan=plan)
             done = state.committed_keys(self.conn, extraction.id)
@@ -294,7 +332,7 @@ class _Run:
         commit_rows = self.spec.tuning.commit_rows
         buffer_limit = 4 * commit_rows
         order = deque(r for r in self.streams.values() if r.queued)
-        while any(r.remaining for r in self.streams.values()):
+        while any(r.remaining for r in self.streams.values()) and self.deferred is None:
             buffered = sum(r.pending_rows for r in self.streams.values()) + sum(
                 n for _, batch in self.writes.values() for _, _, n in batch)
             while order and len(self.reads) < max_reads and buffered < buffer_limit:
@@ -321,7 +359,8 @@ class _Run:
 
     def _submit_read(self, run: _StreamRun, partition: Partition) -> None:
         ext = run.extraction
-        ctx = ReadContext(run_id=self.run_id, instance_id=self.instance_id)
+        ctx = ReadContext(run_id=self.run_id, instance_id=self.instance_id, secrets=self.secrets,
+                          options={"secret_store": self.store})
         refs: Any = read_partition.options(
             name=f"read {self.spec.name}.{run.stream.name} {partition.label}",
             max_retries=self.spec.tuning.read_retries, retry_exceptions=[TransientError],
@@ -336,8 +375,14 @@ class _Run:
         try:
             rows = ray.get(rows_ref)
         except Exception as exc:  # noqa: BLE001 - reported with the partition it belongs to
-            raise RunFailed(f"stream {run.stream.name}, partition {partition.key}: {_describe(exc)}",
-                            run_id=self.run_id) from None
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, SourceDeferred):
+                # Stop reading; what is read or being written is kept, the rest waits for the reset.
+                self.deferred = cause
+                run.queued.appendleft(partition)
+                return
+            raise RunFailed(f"stream {run.stream.name}, partition {partition.key}: "
+                            f"{self.redact(_describe(exc))}", run_id=self.run_id) from None
         if rows == 0:
             self._checkpoint(run, [(partition, 0)])
         else:
@@ -407,7 +452,13 @@ class _Run:
 
     def _drain_after_interrupt(self) -> None:
         """Stop reading; let writes already under way finish and record them, so their work is kept."""
+        self._drain_writes()
+
+    def _drain_writes(self) -> None:
         self._cancel_reads()
+        for run in self.streams.values():
+            if run.pending and run.writer is not None:
+                self._submit_write(run)
         deadline = time.monotonic() + 30
         while self.writes and time.monotonic() < deadline:
             try:

@@ -7,9 +7,11 @@
     ├── RunConflict                an instance already has an active run
     ├── LeaseLost                  a run was closed by someone else after its heartbeat lapsed
     ├── TransientError             a read may succeed if tried again (Ray retries the task)
+    ├── SourceDeferred             a source quota is spent until a later time; the run parks as `deferred`
     ├── NotFound                   an instance or run that does not exist
     └── RunFailed                  a run ended in failure; the message names stream and partition
-        └── RunCancelled           a run was interrupted (Ctrl-C); committed partitions stay committed
+        ├── RunCancelled           a run was interrupted (Ctrl-C); committed partitions stay committed
+        └── RunDeferred            a run parked until a source quota resets; the next run resumes it
 """
 
 from __future__ import annotations
@@ -49,6 +51,22 @@ class TransientError(IpaiError):
     """Raised by a reader for a failure worth retrying (timeouts, 5xx): Ray re-runs the read task."""
 
 
+class SourceDeferred(IpaiError):
+    """Raised by a reader when the source's quota is spent until `until` (epoch seconds)."""
+
+    def __init__(self, message: str, *, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), {"until": self.until}))
+
+
+def _rebuild(cls: type[Exception], message: str, fields: dict[str, object]) -> Exception:
+    """Rebuild an error with keyword fields after it crossed a process boundary (Ray pickles errors)."""
+    return cls(message, **fields)
+
+
 class NotFound(IpaiError):
     pass
 
@@ -61,3 +79,9 @@ class RunFailed(IpaiError):
 
 class RunCancelled(RunFailed):
     pass
+
+
+class RunDeferred(RunFailed):
+    def __init__(self, message: str, *, run_id: str, until: float) -> None:
+        super().__init__(message, run_id=run_id)
+        self.until = until

@@ -62,6 +62,9 @@ class PlanContext:
     cursor: Any | None
     """The stream's stored watermark (None when never synced or on full refresh)."""
     run_started_at: datetime
+    secrets: dict[str, str] = field(default_factory=dict)
+    """Values of the secrets the spec references, for streams that ask the source while planning."""
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def test_unknown_source_type_lists_the_known_ones(tmp_path, settings):
     bad.write_text("name: bad\nsource_type: hubspot\n")
     proc = ipai("spec", "validate", str(bad), env=env_for(settings), check=False)
     assert proc.returncode == 2
-    assert "unknown source_type 'hubspot'; known source types: sample" in proc.stderr
+    assert "unknown source_type 'hubspot'; known source types: ga4, github, http, sample" in proc.stderr
 
 
 def test_unreachable_database_names_the_url_without_its_password(tmp_path, settings):
@@ -148,7 +148,8 @@ def test_second_run_while_one_is_active_is_refused_with_its_id(tmp_path, setting
 
 def test_db_migrate_is_idempotent(settings):
     env = env_for(settings)
-    assert "applied 1 migration(s)" in ipai("db", "migrate", env=env).stdout
+    shipped = sorted(p.stem for p in Path("supabase/migrations").glob("*.sql"))
+    assert f"applied {len(shipped)} migration(s): {', '.join(shipped)}" in ipai("db", "migrate", env=env).stdout
     assert "up to date" in ipai("db", "migrate", env=env).stdout
 
 

@@ -1,0 +1,96 @@
+"""The request budget of one credential: a token bucket from the spec, slowed by what the API reports.
+
+One `Budget` lives in the credential's actor (see `credential.py`), so every task of every run that
+uses the credential draws from it. `acquire` answers how long the caller must wait before sending;
+`observe` feeds back the API's rate-limit headers (`x-ratelimit-remaining/reset`, GA4's
+`propertyQuota`); `pause` holds every caller until a `Retry-After` or reset passes. A wait longer
+than `max_wait_s` is not served in place: `acquire` returns the time the quota resets, and the
+caller parks the run as `deferred` with its state kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SLOW_BELOW = 0.1
+"""When less than this share of a window's requests remain, spread the rest evenly until the reset."""
+
+
+@dataclass
+class Budget:
+    """GCRA token bucket (rate `rate`, burst `burst`) plus pauses; times are epoch seconds."""
+
+    rate: float | None
+    burst: int = 10
+    max_wait_s: float = 900.0
+    reserve: int = 0
+    _tat: float = 0.0  # theoretical arrival time of the next request at the configured rate
+    _paused_until: float = 0.0
+    _pause_reason: str = ""
+    _windows: dict[str, _Window] = field(default_factory=dict)
+    granted: int = 0
+    waits: list[float] = field(default_factory=list)
+
+    def acquire(self, now: float) -> tuple[float, float | None, str]:
+        """Reserve one request; return (seconds to wait, deferred-until or None, reason for a long wait)."""
+        if self._paused_until - now > self.max_wait_s:
+            return 0.0, self._paused_until, self._pause_reason
+        rate = self._effective_rate(now)
+        start = max(now, self._paused_until)
+        if rate is not None:
+            interval = 1.0 / rate
+            tolerance = (self.burst - 1) * interval
+            tat = max(self._tat, start)
+            start = max(start, tat - tolerance)
+            self._tat = tat + interval
+        self.granted += 1
+        wait = max(0.0, start - now)
+        if wait > 0:
+            self.waits.append(wait)
+        return wait, None, ""
+
+    def _effective_rate(self, now: float) -> float | None:
+        rates = [w.rate for w in self._windows.values() if w.rate is not None and now < w.reset_at]
+        if self.rate is not None:
+            rates.append(self.rate)
+        return min(rates) if rates else None
+
+    def pause(self, until: float, reason: str) -> None:
+        """Hold every caller until `until` (a Retry-After or a quota reset)."""
+        if until > self._paused_until:
+            self._paused_until = until
+            self._pause_reason = reason
+
+    def observe(self, *, remaining: int, reset_at: float, now: float, limit: int | None = None,
+                window: str = "requests") -> None:
+        """Take in the API's own count of what is left of a quota `window` until `reset_at`.
+
+        Several windows may be tracked at once (GA4 reports tokens per hour and per day); the slowest wins.
+        """
+        w = self._windows.setdefault(window, _Window())
+        # Without a stated size, the most ever seen left stands for it (as Airbyte does for GA4).
+        w.limit = limit if limit is not None else max(w.limit or 0, remaining)
+        if reset_at > w.reset_at:
+            w.rate = None  # a new window began
+        w.reset_at = reset_at
+        usable = remaining - self.reserve
+        if usable <= 0:
+            self.pause(reset_at + 1.0, f"the API reports its {window} quota spent until {_hhmm(reset_at)}")
+            return
+        if w.limit and remaining / w.limit < SLOW_BELOW:
+            w.rate = usable / max(1.0, reset_at - now)
+
+
+@dataclass
+class _Window:
+    """One quota the API reports on: its size, when it resets, and the pace that makes it last."""
+
+    limit: int | None = None
+    reset_at: float = 0.0
+    rate: float | None = None
+
+
+def _hhmm(epoch: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,413 @@
+"""`HttpStream`: a REST endpoint as a stream, composed from the toolkit's components.
+
+Planning (on the driver) turns the partitioner, the cursor and the page count into partitions:
+one per parent record or listed value, per date window, or per range of pages when the API reveals
+how many there are. Reading (in a Ray task) fetches a partition's pages, several at once for page
+ranges, and yields Arrow record batches.
+
+Partition `where` keys: the partitioner's field (e.g. `repo`), and `pages` (`"3-5"`, or `"6-"` for the
+last, open range that follows `next` links to the end). Windows are `(lower bound, upper bound)` in
+the cursor's format; the lower bound is sent inclusively (APIs take `since` as "at or after").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import aiohttp
+import pyarrow as pa
+
+from connectors.httpkit.auth import AnyAuth, needs_exchange, static_credentials
+from connectors.httpkit.components import (
+    PLACEHOLDER, CursorParamPaginator, ErrorRule, HttpSource, HttpStreamSpec, ParentPartitioner, RateLimit,
+    RetryPolicy, ValuesPartitioner,
+)
+from connectors.httpkit.credential import CredentialRef
+from connectors.httpkit.egress import EgressPolicy
+from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed
+from connectors.httpkit.paginate import (
+    LoopGuard, Page, PageRequest, dig, first_request, next_request, nth_page, page_count,
+)
+from connectors.httpkit.records import to_batch
+from connectors.httpkit.requester import Requester, Response, Tokens
+from engine.protocol import Partition, Plan, PlanContext, ReadContext
+from engine.secrets import LocalSecretStore, Redactor
+
+BATCH_ROWS = 5_000
+Shape = Callable[[Any, Partition], list[dict[str, Any]]]
+"""Turns a page body into records (for APIs whose rows are not plain objects, such as GA4's)."""
+Prepare = Callable[[PageRequest, Partition], PageRequest]
+"""Adjusts a partition's first request (e.g. puts its date window into a POST body)."""
+
+
+@dataclass(frozen=True)
+class QuotaReading:
+    """What a response body says is left of one quota window (GA4's `propertyQuota`)."""
+
+    window: str
+    remaining: int
+    reset_at: float
+    limit: int | None = None
+
+
+Quota = Callable[[Any], list[QuotaReading]]
+"""Reads quota figures from a page body, for the credential's budget."""
+
+
+@dataclass(frozen=True)
+class HttpApi:
+    """What every stream of one API shares; a value."""
+
+    source_type: str
+    base_url: str
+    auth: AnyAuth
+    headers: tuple[tuple[str, str], ...] = ()
+    rate_limit: RateLimit = RateLimit()
+    retry: RetryPolicy = RetryPolicy()
+    concurrency: int = 8
+    egress: EgressPolicy = EgressPolicy()
+    rules: tuple[ErrorRule, ...] = ()
+    """The connector's rules, tried after a stream's own and before the defaults."""
+
+    @classmethod
+    def of(cls, source_type: str, source: HttpSource, auth: AnyAuth, *, rules: tuple[ErrorRule, ...] = ()) -> HttpApi:
+        return cls(source_type, source.base_url, auth, tuple(source.headers.items()), source.rate_limit,
+                   source.retry, source.concurrency, EgressPolicy.from_environment(), rules)
+
+    def credential(self, secrets: dict[str, str], store: LocalSecretStore) -> CredentialRef:
+        return CredentialRef.of(scope=f"{self.source_type} {self.base_url}", auth=self.auth,
+                                rate_limit=self.rate_limit, max_wait_s=self.retry.max_wait_s, store=store,
+                                egress=self.egress, secrets=secrets)
+
+
+@dataclass(frozen=True)
+class HttpStream:
+    """A stream of a REST API (see the module docstring for how it plans and reads)."""
+
+    api: HttpApi
+    spec: HttpStreamSpec
+    parent: HttpStreamSpec | None = None
+    shape: Shape | None = None
+    prepare: Prepare | None = None
+    quota: Quota | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        return self.spec.primary_key
+
+    @property
+    def cursor_field(self) -> str | None:
+        return self.spec.incremental.cursor_field if self.spec.incremental else None
+
+    def schema(self) -> pa.Schema | None:
+        return None
+
+    # -- planning (driver) ----------------------------------------------------------------------------
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        inc = self.spec.incremental
+        lower, upper = None, None
+        if inc is not None:
+            upper = _format_bound(ctx.run_started_at, inc.format)
+            if ctx.sync_mode == "incremental" and ctx.cursor is not None:
+                lower = _minus(ctx.cursor, inc.lookback_s, inc.format)
+            elif inc.start is not None:
+                lower = _format_bound(_parse_time(inc.start), inc.format)
+        wheres = self._wheres(ctx)
+        partitions: list[Partition] = []
+        from_cursor = ctx.sync_mode == "incremental" and ctx.cursor is not None
+        for where in wheres:
+            if self.spec.windows is not None:
+                partitions += [Partition(self.name, where, w) for w in _windows(self.spec, lower, upper)]
+            elif self.spec.page_ranges is not None and not from_cursor:
+                partitions += self._page_ranges(ctx, where, (lower, upper))
+            else:
+                partitions.append(Partition(self.name, where, (lower, upper)))
+        return Plan(partitions, cursor_to=upper)
+
+    def _wheres(self, ctx: PlanContext) -> list[tuple[tuple[str, Any], ...]]:
+        p = self.spec.partitions
+        if p is None:
+            return [()]
+        if isinstance(p, ValuesPartitioner):
+            return [((p.field, v),) for v in p.values]
+        assert isinstance(p, ParentPartitioner) and self.parent is not None
+        parent = HttpStream(self.api, self.parent)
+        reader = parent.open(ReadContext(run_id="plan", instance_id="plan", secrets=ctx.secrets,
+                                         options={"secret_store": ctx.options.get("secret_store")}))
+        values: list[Any] = []
+        for batch in reader.read(Partition(self.parent.name)):
+            if p.parent_field not in batch.schema.names:
+                raise HttpFailed(f"stream {self.name}: parent stream {self.parent.name} has no field "
+                                 f"{p.parent_field!r}; it has: {', '.join(batch.schema.names[:20])}")
+            values += batch.column(p.parent_field).to_pylist()
+        return [((p.field, v),) for v in dict.fromkeys(v for v in values if v is not None)]
+
+    def _page_ranges(self, ctx: PlanContext, where: tuple[tuple[str, Any], ...],
+                     window: tuple[Any, Any]) -> list[Partition]:
+        assert self.spec.page_ranges is not None
+        reader = self.open(ReadContext(run_id="plan", instance_id="plan", secrets=ctx.secrets,
+                                       options={"secret_store": ctx.options.get("secret_store")}))
+        pages = reader.count_pages(Partition(self.name, where, window))
+        step = self.spec.page_ranges.pages_per_partition
+        starts = list(range(1, max(pages, 1) + 1, step))
+        return [Partition(self.name, where + (("pages", f"{a}-{a + step - 1}" if a != starts[-1] else f"{a}-"),),
+                          window) for a in starts]
+
+    # -- reading (Ray task) ---------------------------------------------------------------------------
+
+    def open(self, ctx: ReadContext) -> HttpReader:
+        store = ctx.options.get("secret_store")
+        if not isinstance(store, LocalSecretStore):
+            raise HttpFailed("HTTP streams need the run's secret store in the read context")
+        return HttpReader(self, ctx.secrets, store)
+
+
+class HttpReader:
+    """Reads partitions of one stream inside a Ray task (or on the driver, for planning)."""
+
+    def __init__(self, stream: HttpStream, secrets: dict[str, str], store: LocalSecretStore) -> None:
+        self.stream, self.secrets, self.store = stream, secrets, store
+        self.spec = stream.spec
+        self.redact = Redactor.of(secrets.values())
+        self.actor: Any = None
+
+    def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
+        yield from asyncio.run(self._collect(partition))
+
+    def count_pages(self, partition: Partition) -> int:
+        return asyncio.run(self._with_requester(lambda rq: self._count(rq, partition)))
+
+    async def _with_requester(self, work: Callable[[Requester], Any]) -> Any:
+        api = self.stream.api
+        ref = api.credential(self.secrets, self.store)
+        actor = self.actor = ref.handle(self.secrets)
+        headers, params = static_credentials(api.auth, self.secrets)
+        connector = aiohttp.TCPConnector(limit=api.concurrency, resolver=api.egress.resolver())
+        async with aiohttp.ClientSession(connector=connector) as session:
+            requester = Requester(
+                session=session, actor=actor, tokens=Tokens(actor) if needs_exchange(api.auth) else None,
+                headers={**dict(api.headers), **headers}, params=params,
+                rules=self.spec.errors + api.rules + DEFAULT_RULES, retry=api.retry,
+                rate_limit=api.rate_limit, egress=api.egress, redact=self.redact,
+            )
+            return await work(requester)
+
+    async def _count(self, requester: Requester, partition: Partition) -> int:
+        first = self._first(partition)
+        response = await requester.send(first)
+        page = self._page(first, response, partition)
+        pages = page_count(self.spec.paginator, page)
+        if pages is None:
+            raise HttpFailed(f"stream {self.spec.name}: page_ranges needs the page count, but "
+                             f"{self.redact(response.url)} did not say it (no rel=\"last\" link or total)")
+        return pages
+
+    async def _collect(self, partition: Partition) -> list[pa.RecordBatch]:
+        out = _Batches(self.spec, partition, self.redact)
+        await self._with_requester(lambda rq: self._read(rq, partition, out))
+        return out.finish()
+
+    async def _read(self, requester: Requester, partition: Partition, out: _Batches) -> None:
+        where = dict(partition.where)
+        first = self._first(partition)
+        if "pages" not in where:
+            await self._follow(requester, first, partition, out)
+            return
+        lo_text, _, hi_text = str(where["pages"]).partition("-")
+        lo, hi = int(lo_text), int(hi_text) if hi_text else None
+        last = hi if hi is not None else lo + self.stream.api.concurrency - 1
+        numbers = list(range(lo, last + 1))
+        sem = asyncio.Semaphore(self.stream.api.concurrency)
+
+        async def fetch(n: int) -> Page:
+            async with sem:
+                req = nth_page(self._paginator(partition), first, n)
+                return self._page(req, await requester.send(req), partition)
+
+        pages = await asyncio.gather(*(fetch(n) for n in numbers))
+        for page in pages:
+            out.add(page.records, page.request)
+        if hi is None:
+            # The open last range: follow the API's own `next` from the last page fetched, to the end.
+            nxt = next_request(self._paginator(partition), pages[-1]) if pages[-1].records else None
+            if nxt is not None:
+                await self._follow(requester, nxt, partition, out)
+
+    async def _follow(self, requester: Requester, request: PageRequest | None, partition: Partition,
+                      out: _Batches) -> None:
+        guard = LoopGuard()
+        paginator = self._paginator(partition)
+        while request is not None:
+            guard.check(request)
+            page = self._page(request, await requester.send(request), partition)
+            out.add(page.records, request)
+            if out.stopped:
+                return
+            last = page.records[-1] if page.records else None
+            cursor = dig(last, tuple(self.spec.incremental.cursor_field.split("."))) if (
+                last is not None and self.spec.incremental) else None
+            request = next_request(paginator, page, cursor_value=cursor)
+
+    def _paginator(self, partition: Partition) -> Any:
+        inc = self.spec.incremental
+        if inc is not None and inc.paginator is not None and _from_cursor(partition):
+            return inc.paginator
+        return self.spec.paginator
+
+    def _first(self, partition: Partition) -> PageRequest:
+        where = dict(partition.where)
+        path = PLACEHOLDER.sub(lambda m: str(where[m.group(1)]), self.spec.path)
+        request = PageRequest(self.stream.api.base_url + path, dict(self.spec.params),
+                              dict(self.spec.body) if self.spec.body is not None else None, self.spec.method)
+        inc, lower, upper = self.spec.incremental, partition.window[0], partition.window[1]
+        if inc is not None and lower is not None:
+            if _from_cursor(partition):
+                request = replace(request, params={**request.params, **inc.params})
+            if inc.param:
+                request = request.with_param(inc.param, lower)
+        windows = self.spec.windows
+        if windows is not None:
+            if windows.start_param and lower is not None:
+                request = request.with_param(windows.start_param, lower)
+            if windows.end_param and upper is not None:
+                request = request.with_param(windows.end_param, upper)
+        request = first_request(self._paginator(partition), request)
+        if isinstance(self._paginator(partition), CursorParamPaginator) and lower is not None:
+            request = request.with_param(self._paginator(partition).param, lower)
+        if self.stream.prepare is not None:
+            request = self.stream.prepare(request, partition)
+        return request
+
+    def _page(self, request: PageRequest, response: Response, partition: Partition) -> Page:
+        if response.status == 304 or not response.body:
+            return Page(request, response.headers, None, [])
+        try:
+            body = json.loads(response.body)
+        except ValueError as exc:
+            snippet = response.body[:200].decode("utf-8", errors="replace")
+            raise HttpFailed(f"{self.redact(response.url)} answered malformed JSON ({exc}); the body begins: "
+                             f"{self.redact(snippet)!r}") from None
+        if self.stream.quota is not None and self.actor is not None:
+            for q in self.stream.quota(body):
+                self.actor.observe.remote(q.remaining, q.reset_at, q.limit, q.window)
+        if self.stream.shape is not None:
+            records = self.stream.shape(body, partition)
+        else:
+            records = dig(body, self.spec.records) if self.spec.records else body
+            if not self.spec.records and isinstance(body, dict):
+                records = [body]  # a single-object endpoint (`GET /repos/{repo}`): the body is the record
+            if not isinstance(records, list):
+                keys = ", ".join(list(body)[:12]) if isinstance(body, dict) else type(body).__name__
+                path = "[" + ", ".join(self.spec.records) + "]"
+                raise HttpFailed(f"stream {self.spec.name}: records path {path} does not lead to a list in the "
+                                 f"response from {self.redact(response.url)}; the body has: {keys}. Fix the "
+                                 "stream's `records` path")
+        return Page(request, response.headers, body, records)
+
+
+def _from_cursor(partition: Partition) -> bool:
+    """A partition reads from a stored cursor when its window is open below but starts somewhere."""
+    return partition.window[0] is not None and not any(k == "pages" for k, _ in partition.where)
+
+
+class _Batches:
+    """Gathers a partition's records into record batches, applying the stream's record rules."""
+
+    def __init__(self, spec: HttpStreamSpec, partition: Partition, redact: Redactor) -> None:
+        self.spec, self.partition, self.redact = spec, partition, redact
+        self.declared = {f.name: f.type for f in spec.schema_}
+        self.pending: list[dict[str, Any]] = []
+        self.batches: list[pa.RecordBatch] = []
+        self.stopped = False
+        inc = spec.incremental
+        self.cursor_path = tuple(inc.cursor_field.split(".")) if inc else ()
+        self.lower = partition.window[0]
+        self.stop_below = bool(inc and inc.stop_below and self.lower is not None)
+        keyset = inc is not None and isinstance(inc.paginator or spec.paginator, CursorParamPaginator)
+        self.seen: set[tuple[Any, ...]] | None = set() if keyset and spec.primary_key else None
+        self.extra = {k: v for k, v in partition.where if k != "pages"}
+        self.where_url = ""
+
+    def add(self, records: list[Any], request: PageRequest) -> None:
+        self.where_url = request.url
+        for r in records:
+            if not isinstance(r, dict):
+                self.pending.append(r)  # to_batch names the bad record
+                continue
+            if any(r.get(f) is not None for f in self.spec.drop_if_present):
+                continue
+            if self.stop_below:
+                value = dig(r, self.cursor_path)
+                if value is not None and str(value) < str(self.lower):
+                    self.stopped = True
+                    continue
+            if self.seen is not None:
+                # Keyset paging re-reads the records that share the boundary value: keep each once.
+                key = tuple(r.get(k) for k in self.spec.primary_key) + (str(dig(r, self.cursor_path)),)
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+            for k, v in self.extra.items():
+                r.setdefault(k, v)
+            self.pending.append(r)
+        if len(self.pending) >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.batches.append(to_batch(self.pending, self.declared, where=self.redact(self.where_url)))
+            self.pending = []
+
+    def finish(self) -> list[pa.RecordBatch]:
+        self._flush()
+        return self.batches
+
+
+def _parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _format_bound(moment: datetime, fmt: str) -> Any:
+    moment = moment.astimezone(timezone.utc)
+    if fmt == "iso8601":
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if fmt == "date":
+        return moment.date().isoformat()
+    if fmt == "epoch_seconds":
+        return int(moment.timestamp())
+    return int(moment.timestamp() * 1000)
+
+
+def _minus(cursor: Any, seconds: int, fmt: str) -> Any:
+    if not seconds:
+        return cursor
+    if fmt == "iso8601":
+        return _format_bound(_parse_time(str(cursor)) - timedelta(seconds=seconds), fmt)
+    if fmt == "date":
+        return (date.fromisoformat(str(cursor)) - timedelta(seconds=seconds)).isoformat()
+    return int(cursor) - seconds * (1000 if fmt == "epoch_millis" else 1)
+
+
+def _windows(spec: HttpStreamSpec, lower: Any, upper: Any) -> list[tuple[str, str]]:
+    """Split [lower, upper] into date windows of `step_days` (inclusive dates, as report APIs take them)."""
+    assert spec.windows is not None
+    first = date.fromisoformat(str(lower)[:10]) if lower is not None else date.fromisoformat(spec.windows.start)
+    last = date.fromisoformat(str(upper)[:10])
+    out = []
+    day = first
+    while day <= last:
+        end = min(last, day + timedelta(days=spec.windows.step_days - 1))
+        out.append((day.isoformat(), end.isoformat()))
+        day = end + timedelta(days=1)
+    return out

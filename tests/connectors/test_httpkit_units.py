@@ -1,0 +1,143 @@
+"""Unit tests of the HTTP toolkit's pure components: budget, paginators, egress, error table, records."""
+
+from __future__ import annotations
+
+import email.utils
+
+import pyarrow as pa
+import pytest
+
+from connectors.httpkit.budget import Budget
+from connectors.httpkit.components import (
+    CursorParamPaginator, ErrorRule, HttpStreamSpec, LinkHeaderPaginator, NextTokenPaginator, OffsetPaginator,
+)
+from connectors.httpkit.egress import EgressPolicy, EgressRefused
+from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed, classify, retry_after_seconds
+from connectors.httpkit.paginate import LoopGuard, Page, PageRequest, links, next_request, page_count
+from connectors.httpkit.records import to_batch
+from engine.secrets import Redactor
+
+
+def test_budget_holds_the_aggregate_rate_under_the_configured_one() -> None:
+    budget = Budget(rate=10.0, burst=5)
+    now = 1000.0
+    sends = []
+    for _ in range(100):  # 100 callers asking at the same instant
+        wait, deferred, _ = budget.acquire(now)
+        assert deferred is None
+        sends.append(now + wait)
+    # The first `burst` go at once; after that, no 1-second window holds more than rate + burst.
+    assert sends[:5] == pytest.approx([now] * 5)
+    for start in sends:
+        assert sum(1 for t in sends if start <= t < start + 1.0) <= 10 + 5
+
+
+def test_budget_pause_and_deferral() -> None:
+    budget = Budget(rate=None, max_wait_s=60)
+    budget.pause(1030.0, "retry-after")
+    assert budget.acquire(1000.0)[0] == pytest.approx(30.0)
+    budget.observe(remaining=0, reset_at=5000.0, now=1000.0, limit=5000)
+    wait, until, reason = budget.acquire(1000.0)
+    assert until == pytest.approx(5001.0) and "quota spent" in reason
+
+
+def test_budget_slows_down_near_the_end_of_a_window() -> None:
+    budget = Budget(rate=None)
+    budget.observe(remaining=100, reset_at=1100.0, now=1000.0, limit=5000)  # 2% left, 100 s to go
+    waits = [budget.acquire(1000.0)[0] for _ in range(30)]
+    assert waits[-1] > 1.0  # spread at ~1 request/s instead of all at once
+
+
+def test_link_header_and_page_count() -> None:
+    header = ('<https://api.github.com/repositories/1/issues?page=2&per_page=100>; rel="next", '
+              '<https://api.github.com/repositories/1/issues?page=515&per_page=100>; rel="last"')
+    assert links({"link": header})["next"].endswith("page=2&per_page=100")
+    paginator = LinkHeaderPaginator(type="link_header")
+    page = Page(PageRequest("https://x/i"), {"link": header}, [], [{"id": 1}])
+    assert page_count(paginator, page) == 515
+    assert next_request(paginator, page).url.endswith("page=2&per_page=100")  # type: ignore[union-attr]
+    assert page_count(paginator, Page(PageRequest("https://x/i"), {}, [], [{"id": 1}])) == 1
+
+
+def test_next_token_continues_past_an_empty_page_and_stops_without_token() -> None:
+    paginator = NextTokenPaginator(type="next_token", token_path=("meta", "next"), param="cursor")
+    empty = Page(PageRequest("https://x/t"), {}, {"meta": {"next": "abc"}, "data": []}, [])
+    assert next_request(paginator, empty) == PageRequest("https://x/t", {"cursor": "abc"})
+    assert next_request(paginator, Page(PageRequest("https://x/t"), {}, {"meta": {}}, [{}])) is None
+
+
+def test_offset_stops_at_the_reported_total_and_sends_strings_when_asked() -> None:
+    paginator = OffsetPaginator(type="offset", limit=100, total_path=("rowCount",), in_body=True, as_string=True)
+    req = PageRequest("https://x/r", body={"offset": "0", "limit": "100"}, method="POST")
+    nxt = next_request(paginator, Page(req, {}, {"rowCount": 150}, [{}] * 100))
+    assert nxt is not None and nxt.body == {"offset": "100", "limit": "100"}
+    assert next_request(paginator, Page(nxt, {}, {"rowCount": 150}, [{}] * 50)) is None
+
+
+def test_cursor_param_steps_through_a_page_that_shares_one_value() -> None:
+    paginator = CursorParamPaginator(type="cursor_param", param="since", field="updated_at", size=2)
+    req = PageRequest("https://x/i", {"since": "2024-01-01T00:00:00Z"})
+    tie = next_request(paginator, Page(req, {}, [], [{}, {}]), cursor_value="2024-01-01T00:00:00Z")
+    assert tie is not None and tie.params == {"since": "2024-01-01T00:00:00Z", "page": 2}
+    moved = next_request(paginator, Page(tie, {}, [], [{}, {}]), cursor_value="2024-01-02T00:00:00Z")
+    assert moved is not None and moved.params == {"since": "2024-01-02T00:00:00Z"}
+
+
+def test_loop_guard_fails_a_repeated_token() -> None:
+    guard = LoopGuard()
+    guard.check(PageRequest("https://x/t", {"cursor": "a"}))
+    with pytest.raises(HttpFailed, match="already fetched"):
+        guard.check(PageRequest("https://x/t", {"cursor": "a"}))
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://api.example.com/x", "not https"),
+    ("https://169.254.169.254/latest/meta-data", "link-local"),
+    ("https://10.0.0.5/x", "private"),
+    ("https://[::ffff:192.168.1.1]/x", "private"),
+    ("https://metadata.google.internal/x", "metadata"),
+    ("https://127.0.0.1/x", "loopback"),
+])
+def test_egress_refuses(url: str, reason: str) -> None:
+    with pytest.raises(EgressRefused, match=reason):
+        EgressPolicy().check_url(url)
+
+
+def test_egress_allows_loopback_http_only_in_dev_mode() -> None:
+    EgressPolicy(allow_loopback=True).check_url("http://127.0.0.1:8080/x")
+    EgressPolicy().check_url("https://api.github.com/repos")
+    with pytest.raises(EgressRefused):
+        EgressPolicy(allow_loopback=True).check_url("http://10.1.1.1/x")
+
+
+def test_error_table_defaults_and_overrides() -> None:
+    exhausted = classify(DEFAULT_RULES, 403, {"x-ratelimit-remaining": "0"}, '{"message":"API rate limit exceeded"}')
+    assert exhausted is not None and exhausted.action == "rate_limited"
+    forbidden = classify(DEFAULT_RULES, 403, {"x-ratelimit-remaining": "4000"}, '{"message":"Resource not accessible"}')
+    assert forbidden is not None and forbidden.action == "fail"
+    custom = (ErrorRule(status=(404,), action="ignore"),) + DEFAULT_RULES
+    assert classify(custom, 404, {}, "").action == "ignore"  # type: ignore[union-attr]
+
+
+def test_retry_after_in_seconds_and_http_date() -> None:
+    assert retry_after_seconds({"retry-after": "7"}) == 7.0
+    date = email.utils.formatdate(1_000_030, usegmt=True)
+    assert retry_after_seconds({"retry-after": date}, now=1_000_000) == pytest.approx(30.0)
+
+
+def test_records_keep_nested_values_as_json_and_name_a_bad_declared_value() -> None:
+    batch = to_batch([{"id": 1, "user": {"login": "a"}, "labels": []}, {"id": 2, "user": None}], {}, where="u")
+    assert batch.schema.field("id").type == pa.int64()
+    assert batch.column("user").to_pylist() == ['{"login":"a"}', None]
+    with pytest.raises(HttpFailed, match=r"field 'id' of record 1 is \"x\".*declared type int64"):
+        to_batch([{"id": 1}, {"id": "x"}], {"id": "int64"}, where="https://api/x")
+
+
+def test_redactor_masks_secret_and_its_encodings() -> None:
+    redact = Redactor.of(["s3cr3t/value"])
+    assert redact("url?key=s3cr3t%2Fvalue and s3cr3t/value") == "url?key=*** and ***"
+
+
+def test_stream_spec_names_a_placeholder_nothing_fills() -> None:
+    with pytest.raises(ValueError, match=r"uses \{repo\}, which no partitioner fills"):
+        HttpStreamSpec(name="issues", path="/repos/{repo}/issues")
