@@ -100,6 +100,7 @@ class _StreamRun:
     writing: int = 0
     pending: list[tuple[Partition, Any, int]] = field(default_factory=list)  # (partition, table ref, rows)
     cursor: Any = None
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)  # what readers recorded in earlier runs
 
     @property
     def pending_rows(self) -> int:
@@ -169,6 +170,7 @@ class _Run:
         self.secrets: dict[str, str] = {}
         self.redact = Redactor(())
         self.deferred: SourceDeferred | None = None
+        self.notes: dict[Partition, dict[str, dict[str, str]]] = {}
 
     def log(self, level: str, event: str, message: str, **fields: Any) -> None:
         control.log(self.conn, self.run_id, level, event, message, **fields)
@@ -277,7 +279,8 @@ class _Run:
             todo = [p for p in extraction.partitions if extraction.commit_id(p) not in done]
             target = self._target(name)
             run = _StreamRun(stream, extraction, writer=None, target=target, remaining=len(todo),
-                             queued=deque(todo))
+                             queued=deque(todo),
+                             notes={} if self.options.full_refresh else state.get_notes(self.conn, self.instance_id, name))
             self.streams[name] = run
             self.progress.partitions_total += len(extraction.partitions)
             self.progress.partitions_done += len(extraction.partitions) - len(todo)
@@ -328,7 +331,9 @@ class _Run:
 
     def _loop(self) -> None:
         cpus = cluster_cpus() if ray.is_initialized() else 1
-        max_reads = self.spec.tuning.max_in_flight or 2 * cpus
+        # Reads that mostly wait on the network ask Ray for less than a CPU each, so more run at once.
+        task_cpus = min(_task_cpus(r.stream) for r in self.streams.values()) if self.streams else 1.0
+        max_reads = self.spec.tuning.max_in_flight or max(1, round(2 * cpus / task_cpus))
         commit_rows = self.spec.tuning.commit_rows
         buffer_limit = 4 * commit_rows
         order = deque(r for r in self.streams.values() if r.queued)
@@ -360,8 +365,9 @@ class _Run:
     def _submit_read(self, run: _StreamRun, partition: Partition) -> None:
         ext = run.extraction
         ctx = ReadContext(run_id=self.run_id, instance_id=self.instance_id, secrets=self.secrets,
-                          options={"secret_store": self.store})
+                          options={"secret_store": self.store, "notes": run.notes})
         refs: Any = read_partition.options(
+            num_cpus=_task_cpus(run.stream),
             name=f"read {self.spec.name}.{run.stream.name} {partition.label}",
             max_retries=self.spec.tuning.read_retries, retry_exceptions=[TransientError],
         ).remote(run.stream, partition, ctx, ext.id, ext.partition_no(partition), self.options.faults)
@@ -373,7 +379,7 @@ class _Run:
         run, partition, table_ref = self.reads.pop(rows_ref)
         run.reading -= 1
         try:
-            rows = ray.get(rows_ref)
+            rows, notes = ray.get(rows_ref)
         except Exception as exc:  # noqa: BLE001 - reported with the partition it belongs to
             cause = getattr(exc, "cause", None)
             if isinstance(cause, SourceDeferred):
@@ -383,6 +389,8 @@ class _Run:
                 return
             raise RunFailed(f"stream {run.stream.name}, partition {partition.key}: "
                             f"{self.redact(_describe(exc))}", run_id=self.run_id) from None
+        if notes:
+            self.notes[partition] = notes
         if rows == 0:
             self._checkpoint(run, [(partition, 0)])
         else:
@@ -409,7 +417,8 @@ class _Run:
 
     def _checkpoint(self, run: _StreamRun, committed: list[tuple[Partition, int]]) -> None:
         crash_point(self.options.faults, "driver.before_checkpoint", in_driver=True)
-        state.record_partitions(self.conn, self.instance_id, run.extraction, self.run_id, committed)
+        notes = [self.notes.pop(p) for p, _ in committed if p in self.notes]
+        state.record_partitions(self.conn, self.instance_id, run.extraction, self.run_id, committed, notes=notes)
         crash_point(self.options.faults, "driver.after_checkpoint", in_driver=True)
         rows = sum(n for _, n in committed)
         run.remaining -= len(committed)
@@ -492,6 +501,11 @@ class _Run:
         return RunResult(self.run_id, self.instance_id, status, self.progress.rows,
                          dict(self.progress.rows_by_stream), self.progress.partitions_total,
                          round(time.monotonic() - t0, 3), tables)
+
+
+def _task_cpus(stream: Stream) -> float:
+    """CPUs a read task of `stream` asks Ray for: 1, unless the stream says its reads wait on I/O."""
+    return float(getattr(stream, "task_cpus", 1.0))
 
 
 def _describe(exc: BaseException) -> str:

@@ -87,14 +87,23 @@ class ReadContext:
 
 @runtime_checkable
 class Reader(Protocol):
-    """Reads one partition; lives only inside a Ray task."""
+    """Reads one partition; lives only inside a Ray task.
+
+    A reader may also offer `notes() -> {kind: {key: value}}`: facts the source gave while reading
+    (e.g. `{"etag": {request: etag}}`), recorded in the stream's state once the partition is committed
+    and handed to later runs in `ReadContext.options["notes"]`.
+    """
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]: ...
 
 
 @runtime_checkable
 class Stream(Protocol):
-    """A stream of one source: picklable, lives on the driver."""
+    """A stream of one source: picklable, lives on the driver.
+
+    A stream whose reads mostly wait on the network may set `task_cpus` (e.g. 0.5): its read tasks ask
+    Ray for that share of a CPU, so more of them run at once.
+    """
 
     @property
     def name(self) -> str: ...

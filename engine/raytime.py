@@ -41,13 +41,19 @@ def cluster_cpus() -> int:
 def read_partition(
     stream: Stream, partition: Partition, ctx: ReadContext, extraction_id: str, partition_no: int,
     faults: FaultPlan | None,
-) -> tuple[pa.Table | None, int]:
-    """Read one partition into an Arrow table stamped with the bronze system columns; return (table, rows)."""
+) -> tuple[pa.Table | None, tuple[int, dict[str, dict[str, str]]]]:
+    """Read one partition into an Arrow table stamped with the bronze system columns.
+
+    Return (table, (rows, notes)): the small second value is what the driver waits on; `notes` are the
+    reader's facts to record once the partition is committed (see `Reader.notes`).
+    """
     reader = stream.open(ctx)
     batches = list(reader.read(partition))
     crash_point(faults, "read.after_fetch")
+    notes_of = getattr(reader, "notes", None)
+    notes = notes_of() if callable(notes_of) else {}
     if not batches:
-        return None, 0
+        return None, (0, notes)
     table = pa.Table.from_batches(batches)
     n = table.num_rows
     # System columns cost bytes on every row, so they are kept small: the run and extraction ids are
@@ -60,4 +66,4 @@ def read_partition(
     table = table.append_column(pa.field("_ipai_partition", pa.int32()), pa.repeat(pa.scalar(partition_no, pa.int32()), n))
     now = pa.scalar(datetime.now(timezone.utc), pa.timestamp("us", tz="UTC"))
     table = table.append_column(pa.field("_ipai_extracted_at", now.type), pa.repeat(now, n))
-    return table, n
+    return table, (n, notes)

@@ -8,6 +8,7 @@ and never moves back.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,17 @@ def get_cursor(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> 
         (instance_id, stream),
     ).fetchone()
     return None if row is None else row[0].get("value")
+
+
+def get_notes(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> dict[str, dict[str, str]]:
+    """Return what readers recorded for the stream in earlier runs, as {kind: {key: value}} (ETags today)."""
+    out: dict[str, dict[str, str]] = {}
+    for kind, key, data in conn.execute(
+        "select kind, key, state_json from connector_state where instance_id = %s and stream = %s"
+        " and kind not in ('partition', 'cursor')", (instance_id, stream),
+    ):
+        out.setdefault(kind, {})[key] = data.get("value")
+    return out
 
 
 def open_extraction(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> Extraction | None:
@@ -103,12 +115,21 @@ def committed_keys(conn: psycopg.Connection[Any], extraction_id: str) -> dict[st
 
 def record_partitions(
     conn: psycopg.Connection[Any], instance_id: str, extraction: Extraction, run_id: str,
-    committed: list[tuple[Partition, int]],
+    committed: list[tuple[Partition, int]], *, notes: Sequence[dict[str, dict[str, str]]] = (),
 ) -> None:
-    """Record partitions whose data is committed in every destination (idempotent)."""
+    """Record partitions whose data is committed in every destination (idempotent), with the readers' notes."""
     if not committed:
         return
     with conn.transaction(), conn.cursor() as cur:
+        for note in notes:
+            for kind, entries in note.items():
+                cur.executemany(
+                    "insert into connector_state (instance_id, stream, kind, key, run_id, state_json)"
+                    " values (%s, %s, %s, %s, %s, %s) on conflict (instance_id, stream, kind, key)"
+                    " do update set state_json = excluded.state_json, run_id = excluded.run_id, updated_at = now()",
+                    [(instance_id, extraction.stream, kind, key, run_id, json.dumps({"value": value}))
+                     for key, value in entries.items()],
+                )
         cur.executemany(
             "insert into connector_state (instance_id, stream, kind, key, extraction_id, run_id, rows,"
             " state_json) values (%s, %s, 'partition', %s, %s, %s, %s, %s)"

@@ -14,6 +14,20 @@ from dataclasses import dataclass, field
 
 SLOW_BELOW = 0.1
 """When less than this share of a window's requests remain, spread the rest evenly until the reset."""
+CLEAR_S = 0.2
+"""How long a caller may send without asking while nothing limits the credential (a pause set meanwhile
+by another task reaches it this much later at most: about what is already in flight anyway)."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The budget's answer to one request."""
+
+    wait: float
+    deferred_until: float | None = None
+    reason: str = ""
+    clear_until: float = 0.0
+    """Until then the caller may send further requests without asking (nothing limits the credential)."""
 
 
 @dataclass
@@ -31,11 +45,16 @@ class Budget:
     granted: int = 0
     waits: list[float] = field(default_factory=list)
 
-    def acquire(self, now: float) -> tuple[float, float | None, str]:
-        """Reserve one request; return (seconds to wait, deferred-until or None, reason for a long wait)."""
+    def acquire(self, now: float) -> Grant:
+        """Reserve one request: how long to wait first, or until when the run must be parked."""
         if self._paused_until - now > self.max_wait_s:
-            return 0.0, self._paused_until, self._pause_reason
+            return Grant(0.0, self._paused_until, self._pause_reason)
         rate = self._effective_rate(now)
+        if rate is None and self._paused_until <= now:
+            # Nothing limits this credential now: the caller may send without asking for a short while,
+            # and learns of a pause set by another task within that while.
+            self.granted += 1
+            return Grant(0.0, clear_until=now + CLEAR_S)
         start = max(now, self._paused_until)
         if rate is not None:
             interval = 1.0 / rate
@@ -47,7 +66,7 @@ class Budget:
         wait = max(0.0, start - now)
         if wait > 0:
             self.waits.append(wait)
-        return wait, None, ""
+        return Grant(wait)
 
     def _effective_rate(self, now: float) -> float | None:
         rates = [w.rate for w in self._windows.values() if w.rate is not None and now < w.reset_at]

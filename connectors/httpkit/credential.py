@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from connectors.httpkit.auth import AccessToken, AnyAuth, TokenExchange, needs_exchange
-from connectors.httpkit.budget import Budget
+from connectors.httpkit.budget import Budget, Grant
 from connectors.httpkit.components import RateLimit
 from connectors.httpkit.egress import EgressPolicy
 from engine.secrets import LocalSecretStore
@@ -85,7 +85,7 @@ class CredentialActor:
             if time.monotonic() - self.last_call > self.idle_exit_s:
                 os._exit(0)  # a detached actor ends itself; its name is free for the next run
 
-    def acquire(self) -> tuple[float, float | None, str]:
+    def acquire(self) -> Grant:
         with self.lock:
             self.last_call = time.monotonic()
             return self.budget.acquire(time.time())

@@ -21,6 +21,7 @@ import ray
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from connectors.httpkit.auth import AccessToken
+from connectors.httpkit.budget import SLOW_BELOW
 from connectors.httpkit.components import ErrorRule, RateLimit, RetryPolicy
 from connectors.httpkit.egress import EgressPolicy, EgressRefused
 from connectors.httpkit.errors import (
@@ -82,6 +83,7 @@ class Requester:
         self.retry, self.rate_limit, self.egress, self.redact = retry, rate_limit, egress, redact
         self.observe_body = observe_body
         self.requests = 0
+        self.clear_until = 0.0
 
     async def send(self, request: PageRequest, *, extra_headers: dict[str, str] | None = None) -> Response:
         """Return the 2xx (or 304) response to `request`, retrying what the error table says to retry."""
@@ -119,11 +121,14 @@ class Requester:
         return random.uniform(0, min(self.retry.max_s, self.retry.initial_s * 2 ** (n - 1)))  # full jitter
 
     async def _once(self, request: PageRequest, counts: dict[str, int], extra: dict[str, str]) -> Response:
-        wait, deferred_until, reason = await self.actor.acquire.remote()
-        if deferred_until is not None:
-            raise QuotaDeferred(f"{reason}; the run is parked until then, with its state kept", until=deferred_until)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        if time.time() >= self.clear_until:
+            grant = await self.actor.acquire.remote()
+            if grant.deferred_until is not None:
+                raise QuotaDeferred(f"{grant.reason}; the run is parked until then, with its state kept",
+                                    until=grant.deferred_until)
+            self.clear_until = grant.clear_until
+            if grant.wait > 0:
+                await asyncio.sleep(grant.wait)
         headers = {"User-Agent": USER_AGENT, **self.headers, **extra}
         token = None
         if self.tokens is not None:
@@ -178,8 +183,12 @@ class Requester:
             reset_at = float(reset) + (time.time() if rl.reset_kind == "delta_seconds" else 0.0)
         except ValueError:
             return
-        limit = response.headers.get("x-ratelimit-limit")
-        self.actor.observe.remote(int(remaining), reset_at, int(limit) if limit and limit.isdigit() else None)
+        limit_text = response.headers.get("x-ratelimit-limit", "")
+        limit = int(limit_text) if limit_text.isdigit() else None
+        left = int(remaining)
+        # The budget acts only near the end of a window: tell it then, not on every response.
+        if limit is None or left < limit * 2 * SLOW_BELOW:
+            self.actor.observe.remote(left, reset_at, limit)
 
     async def _failure(self, request: PageRequest, response: Response, counts: dict[str, int],
                        token: str | None) -> Response:
@@ -204,6 +213,7 @@ class Requester:
                                     f"{seconds:.0f} s, so the run is parked with its state kept",
                                     until=time.time() + seconds)
             await self.actor.pause.remote(seconds, f"{where} answered {response.status}")
+            self.clear_until = 0.0  # ask the budget before the next try: it now holds this credential
             raise RateLimited(f"{where} answered {response.status}: {said}", retry_after=seconds)
         if action == "deferred":
             seconds = self._limit_wait(response, counts, rule)

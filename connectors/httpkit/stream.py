@@ -13,7 +13,6 @@ the cursor's format; the lower bound is sent inclusively (APIs take `since` as "
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
@@ -33,7 +32,7 @@ from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed
 from connectors.httpkit.paginate import (
     LoopGuard, Page, PageRequest, dig, first_request, next_request, nth_page, page_count,
 )
-from connectors.httpkit.records import to_batch
+from connectors.httpkit.records import loads, to_batch
 from connectors.httpkit.requester import Requester, Response, Tokens
 from engine.protocol import Partition, Plan, PlanContext, ReadContext
 from engine.secrets import LocalSecretStore, Redactor
@@ -95,6 +94,9 @@ class HttpStream:
     shape: Shape | None = None
     prepare: Prepare | None = None
     quota: Quota | None = None
+
+    task_cpus = 0.5
+    """Reads wait on the network half the time or more: two per CPU keep the cores busy."""
 
     @property
     def name(self) -> str:
@@ -169,17 +171,28 @@ class HttpStream:
         store = ctx.options.get("secret_store")
         if not isinstance(store, LocalSecretStore):
             raise HttpFailed("HTTP streams need the run's secret store in the read context")
-        return HttpReader(self, ctx.secrets, store)
+        return HttpReader(self, ctx.secrets, store, etags=dict(ctx.options.get("notes", {}).get("etag", {})))
 
 
 class HttpReader:
-    """Reads partitions of one stream inside a Ray task (or on the driver, for planning)."""
+    """Reads partitions of one stream inside a Ray task (or on the driver, for planning).
 
-    def __init__(self, stream: HttpStream, secrets: dict[str, str], store: LocalSecretStore) -> None:
+    A partition read in a single page is remembered by its ETag (a note the driver records once the
+    partition is committed); the next run sends it as `If-None-Match`, and a 304 means nothing changed:
+    no rows, and on GitHub no cost against the rate limit (github.md s.7).
+    """
+
+    def __init__(self, stream: HttpStream, secrets: dict[str, str], store: LocalSecretStore, *,
+                 etags: dict[str, str] | None = None) -> None:
         self.stream, self.secrets, self.store = stream, secrets, store
         self.spec = stream.spec
         self.redact = Redactor.of(secrets.values())
         self.actor: Any = None
+        self.etags = etags or {}
+        self.new_etags: dict[str, str] = {}
+
+    def notes(self) -> dict[str, dict[str, str]]:
+        return {"etag": self.new_etags} if self.new_etags else {}
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
         yield from asyncio.run(self._collect(partition))
@@ -247,16 +260,29 @@ class HttpReader:
                       out: _Batches) -> None:
         guard = LoopGuard()
         paginator = self._paginator(partition)
+        first, identity = True, request.identity() if request is not None else ""
         while request is not None:
             guard.check(request)
-            page = self._page(request, await requester.send(request), partition)
+            known = self.etags.get(identity) if first else None
+            response = await requester.send(request, extra_headers={"If-None-Match": known} if known else None)
+            if first and response.status == 304:
+                self.new_etags[identity] = known or ""
+                return  # unchanged since a committed read: its rows are in bronze already
+            page = self._page(request, response, partition)
             out.add(page.records, request)
-            if out.stopped:
-                return
             last = page.records[-1] if page.records else None
             cursor = dig(last, tuple(self.spec.incremental.cursor_field.split("."))) if (
                 last is not None and self.spec.incremental) else None
-            request = next_request(paginator, page, cursor_value=cursor)
+            request = None if out.stopped else next_request(paginator, page, cursor_value=cursor)
+            if first and request is None and response.headers.get("etag") and self._same_each_run():
+                self.new_etags[identity] = response.headers["etag"]  # the whole partition was this one page
+            first = False
+
+    def _same_each_run(self) -> bool:
+        """Whether a partition's first request is the same in every run (its lower bound is not sent), so
+        that an ETag kept from one run can match in the next."""
+        inc = self.spec.incremental
+        return inc is None or (inc.param is None and inc.paginator is None and self.spec.windows is None)
 
     def _paginator(self, partition: Partition) -> Any:
         inc = self.spec.incremental
@@ -292,7 +318,7 @@ class HttpReader:
         if response.status == 304 or not response.body:
             return Page(request, response.headers, None, [])
         try:
-            body = json.loads(response.body)
+            body = loads(response.body)
         except ValueError as exc:
             snippet = response.body[:200].decode("utf-8", errors="replace")
             raise HttpFailed(f"{self.redact(response.url)} answered malformed JSON ({exc}); the body begins: "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -54,6 +55,7 @@ source:
   repos: [{", ".join(repos)}]
   pages_per_partition: 3
   lookback_s: 0
+{"" if "rate_limit" in extra else "  rate_limit: {requests_per_second: 200, burst: 20}"}
 {extra}
 {"streams:" + listed if listed else ""}
 tuning:
@@ -209,7 +211,10 @@ def test_quota_exhaustion_defers_the_run_and_the_next_run_resumes(gh, settings, 
 
 def test_records_inserted_and_updated_between_pages_are_not_lost(gh, settings, database):
     text = spec_text(gh.url, REPOS, streams=["issues"])
+    # A full read in parallel page ranges while new issues arrive: they land on the last, open range.
+    gh.set_faults(insert_between_pages={"every": 4, "count": 7, "times": 3})
     sync(settings, database, text)
+    assert issue_truth(gh, REPOS) <= loaded(database, "issues")
     # While the incremental read pages through, issues move (updated) and new ones arrive.
     gh.admin("POST", "/_emulator/github/touch", json={"repo": "acme/repo1", "numbers": list(range(1, 400))})
     gh.set_faults(touch_between_pages={"every": 2, "count": 5, "times": 6},
@@ -276,3 +281,41 @@ def test_pages_shifting_under_the_reader_lose_rows_only_with_naive_paging(gh, se
         assert missing, "the shifting pages should have made the naive paginator skip issues"
     else:
         assert not missing, f"{len(missing)} issues skipped"
+
+
+def test_the_token_never_reaches_logs_errors_or_data(gh, settings, database):
+    """RELIABILITY 18 (for what exists before the Vault): grep every sink for the canary token."""
+    gh.set_faults(storm={"every": 6, "status": 403, "retry_after": 1, "count": 2})
+    sync(settings, database, spec_text(gh.url, REPOS, streams=["issues", "repositories"]))
+    gh.clear_faults()
+    with pytest.raises(RunFailed):
+        sync(settings, database, spec_text(gh.url, ["acme/repo1", "acme/nope"], streams=["issues"]))
+    with psycopg.connect(database.url) as conn:
+        tables = [f"{s}.{t}" for s, t in conn.execute(
+            "select table_schema, table_name from information_schema.tables"
+            " where table_schema in ('public', 'bronze')").fetchall()]
+        for table in tables:
+            hits = conn.execute(f"select count(*) from {table} t where t::text like %s", (f"%{TOKEN}%",)).fetchone()
+            assert hits[0] == 0, f"the token is in {table}"
+    lakehouse = Path(settings.lakehouse_uri)
+    for path in lakehouse.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), f"the token is in {path}"
+
+
+def test_unchanged_resources_cost_a_304_and_no_rows(gh, settings, database):
+    """ETag conditional requests (github.md s.7): a 304 re-lands nothing and does not count against the limit."""
+    text = spec_text(gh.url, REPOS, streams=["repositories", "pull_requests"])
+    sync(settings, database, text)  # full read: pull requests in page ranges (no ETag kept for those)
+    sync(settings, database, text)  # incremental: each repository's first page of pulls is all there is
+    gh.clear_log()
+    third = sync(settings, database, text)
+    assert third.rows_by_stream == {"repositories": 0, "pull_requests": 0}
+    log = gh.log()
+    assert len(log) == 4 and all(e["status"] == 304 and e["note"] == "etag-hit" for e in log), log
+    t = truth(gh, "acme/repo2")
+    prs = [n for n, pr in zip(t["numbers"], t["pull_request"]) if pr][:3]
+    gh.admin("POST", "/_emulator/github/touch", json={"repo": "acme/repo2", "numbers": prs})
+    fourth = sync(settings, database, text)
+    assert fourth.rows_by_stream["pull_requests"] == 3  # the changed repository's first page is new
+    assert pr_truth(gh, REPOS) <= pull_numbers(database)

@@ -23,9 +23,9 @@ def test_budget_holds_the_aggregate_rate_under_the_configured_one() -> None:
     now = 1000.0
     sends = []
     for _ in range(100):  # 100 callers asking at the same instant
-        wait, deferred, _ = budget.acquire(now)
-        assert deferred is None
-        sends.append(now + wait)
+        grant = budget.acquire(now)
+        assert grant.deferred_until is None and grant.clear_until == 0.0  # a rate: every request asks
+        sends.append(now + grant.wait)
     # The first `burst` go at once; after that, no 1-second window holds more than rate + burst.
     assert sends[:5] == pytest.approx([now] * 5)
     for start in sends:
@@ -34,17 +34,18 @@ def test_budget_holds_the_aggregate_rate_under_the_configured_one() -> None:
 
 def test_budget_pause_and_deferral() -> None:
     budget = Budget(rate=None, max_wait_s=60)
+    assert budget.acquire(900.0).clear_until == pytest.approx(900.0 + 0.2)  # nothing limits it yet
     budget.pause(1030.0, "retry-after")
-    assert budget.acquire(1000.0)[0] == pytest.approx(30.0)
+    assert budget.acquire(1000.0).wait == pytest.approx(30.0)
     budget.observe(remaining=0, reset_at=5000.0, now=1000.0, limit=5000)
-    wait, until, reason = budget.acquire(1000.0)
-    assert until == pytest.approx(5001.0) and "quota spent" in reason
+    grant = budget.acquire(1000.0)
+    assert grant.deferred_until == pytest.approx(5001.0) and "quota spent" in grant.reason
 
 
 def test_budget_slows_down_near_the_end_of_a_window() -> None:
     budget = Budget(rate=None)
     budget.observe(remaining=100, reset_at=1100.0, now=1000.0, limit=5000)  # 2% left, 100 s to go
-    waits = [budget.acquire(1000.0)[0] for _ in range(30)]
+    waits = [budget.acquire(1000.0).wait for _ in range(30)]
     assert waits[-1] > 1.0  # spread at ~1 request/s instead of all at once
 
 
