@@ -261,6 +261,7 @@ class HttpReader:
         guard = LoopGuard()
         paginator = self._paginator(partition)
         first, identity = True, request.identity() if request is not None else ""
+        ties = _Ties(self.spec, paginator) if isinstance(paginator, CursorParamPaginator) else None
         while request is not None:
             guard.check(request)
             known = self.etags.get(identity) if first else None
@@ -273,10 +274,30 @@ class HttpReader:
             last = page.records[-1] if page.records else None
             cursor = dig(last, tuple(self.spec.incremental.cursor_field.split("."))) if (
                 last is not None and self.spec.incremental) else None
-            request = None if out.stopped else next_request(paginator, page, cursor_value=cursor)
+            nxt = None if out.stopped else next_request(paginator, page, cursor_value=cursor)
+            if ties is not None and self.spec.primary_key:
+                await ties.after_page(page, nxt, lambda value: self._tie_members(
+                    requester, paginator, page.request, value, partition, out))
+            request = nxt
             if first and request is None and response.headers.get("etag") and self._same_each_run():
                 self.new_etags[identity] = response.headers["etag"]  # the whole partition was this one page
             first = False
+
+    async def _tie_members(self, requester: Requester, paginator: CursorParamPaginator, request: PageRequest,
+                           value: Any, partition: Partition, out: _Batches) -> set[tuple[Any, ...]]:
+        """Re-read every page of the records whose cursor is `value`; return their keys (new ones are kept)."""
+        req: PageRequest | None = replace(request, params={
+            **{k: v for k, v in request.params.items() if k != paginator.page_param}, paginator.param: value})
+        members: set[tuple[Any, ...]] = set()
+        path = tuple(paginator.field.split("."))
+        while req is not None:
+            page = self._page(req, await requester.send(req), partition)
+            out.add(page.records, req)
+            same = [r for r in page.records if isinstance(r, dict) and str(dig(r, path)) == str(value)]
+            members |= {tuple(r.get(k) for k in self.spec.primary_key) for r in same}
+            full = len(page.records) >= paginator.size and len(same) == len(page.records)
+            req = req.with_param(paginator.page_param, int(req.params.get(paginator.page_param, 1)) + 1) if full else None
+        return members
 
     def _same_each_run(self) -> bool:
         """Whether a partition's first request is the same in every run (its lower bound is not sent), so
@@ -344,6 +365,41 @@ class HttpReader:
 def _from_cursor(partition: Partition) -> bool:
     """A partition reads from a stored cursor when its window is open below but starts somewhere."""
     return partition.window[0] is not None and not any(k == "pages" for k, _ in partition.where)
+
+
+class _Ties:
+    """Keyset paging steps through a cursor value shared by more than a page by page number, and a record
+    updated meanwhile leaves that run of pages and shifts the rest back: one could be skipped. So once
+    the read moves past such a value, its records are read again until a pass sees none leave."""
+
+    MAX_PASSES = 5
+
+    def __init__(self, spec: HttpStreamSpec, paginator: CursorParamPaginator) -> None:
+        self.spec, self.paginator = spec, paginator
+        self.path = tuple(paginator.field.split("."))
+        self.value: Any = None
+        self.members: set[tuple[Any, ...]] = set()
+        self.pages = 0
+
+    async def after_page(self, page: Page, nxt: PageRequest | None,
+                         reread: Callable[[Any], Any]) -> None:
+        p = self.paginator
+        value = page.request.params.get(p.param)
+        if value != self.value:
+            self.value, self.members, self.pages = value, set(), 0
+        self.pages += 1
+        self.members |= {tuple(r.get(k) for k in self.spec.primary_key) for r in page.records
+                         if isinstance(r, dict) and str(dig(r, self.path)) == str(value)}
+        stays = nxt is not None and nxt.params.get(p.param) == value
+        if stays or self.pages < 2 or value is None:
+            return
+        before = self.members
+        for _ in range(self.MAX_PASSES):
+            now = await reread(value)
+            if before <= now:
+                break  # nobody left during the pass: nothing was shifted out of sight
+            before = now
+        self.value, self.members, self.pages = None, set(), 0
 
 
 class _Batches:

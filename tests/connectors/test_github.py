@@ -267,12 +267,10 @@ def test_pages_shifting_under_the_reader_lose_rows_only_with_naive_paging(gh, se
     """RELIABILITY 11: the verifier must catch the naive paginator, or it could not catch anything."""
     text = GENERIC.format(url=gh.url, keyset=KEYSET if paging.startswith("keyset") else "")
     sync(settings, database, text)
-    for first in range(1, 400, 80):
-        # Timestamps have whole seconds; keyset paging needs fewer issues per second than a page holds
-        # (a larger tie is stepped through by page number, and is caught by the lookback of the next run).
-        gh.admin("POST", "/_emulator/github/touch", json={"repo": "acme/repo1", "numbers": list(range(first, first + 80))})
-        time.sleep(1.05)
-    # While the next incremental run pages through those 400, already-read issues keep being updated:
+    # 600 issues updated in one second: their cursor value ties across six pages.
+    gh.admin("POST", "/_emulator/github/touch", json={"repo": "acme/repo1", "numbers": list(range(1, 601))})
+    time.sleep(1.1)  # timestamps have whole seconds: what is touched below must sort after those 600
+    # While the next incremental run pages through those 600, already-read issues keep being updated:
     # each moves to the end of the `sort=updated` order and shifts every later issue one place back.
     gh.set_faults(touch_between_pages={"every": 1, "count": 3, "times": 4})
     sync(settings, database, text)
