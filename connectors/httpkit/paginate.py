@@ -129,6 +129,26 @@ def next_request(paginator: Paginator, page: Page, *, cursor_value: Any = None) 
     raise AssertionError(f"unknown paginator {p!r}")
 
 
+def check_first_page(paginator: Paginator, page: Page, *, where: str) -> None:
+    """Fail at the first page when the paginator plainly does not match the response (a path that is
+    not in the body), instead of silently reading one page."""
+    p, body = paginator, page.body
+    problem = None
+    if isinstance(p, (OffsetPaginator, PageNumberPaginator)):
+        path = p.total_path if isinstance(p, OffsetPaginator) else p.total_pages_path
+        if path and page.records and dig(body, path) is None:
+            problem = f"its total is not at [{', '.join(path)}]"
+    elif isinstance(p, NextTokenPaginator) and p.size and len(page.records) >= p.size:
+        if dig(body, p.token_path) is None:
+            problem = f"the page is full ({len(page.records)} records) but has no token at [{', '.join(p.token_path)}]"
+    elif isinstance(p, NextUrlPaginator) and isinstance(body, dict) and p.url_path[0] not in body:
+        problem = f"the body has no {p.url_path[0]!r} for [{', '.join(p.url_path)}]"
+    if problem:
+        keys = ", ".join(list(body)[:12]) if isinstance(body, dict) else type(body).__name__
+        raise HttpFailed(f"paginator {p.type} does not match the response from {where}: {problem}; the body has: "
+                         f"{keys}. Fix the stream's paginator")
+
+
 def page_count(paginator: Paginator, page: Page) -> int | None:
     """Return the number of pages the API reports for this request, when it does."""
     p = paginator

@@ -30,7 +30,7 @@ from connectors.httpkit.credential import CredentialRef
 from connectors.httpkit.egress import EgressPolicy
 from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed
 from connectors.httpkit.paginate import (
-    LoopGuard, Page, PageRequest, dig, first_request, next_request, nth_page, page_count,
+    LoopGuard, Page, PageRequest, check_first_page, dig, first_request, next_request, nth_page, page_count,
 )
 from connectors.httpkit.records import loads, to_batch
 from connectors.httpkit.requester import Requester, Response, Tokens
@@ -270,6 +270,8 @@ class HttpReader:
                 self.new_etags[identity] = known or ""
                 return  # unchanged since a committed read: its rows are in bronze already
             page = self._page(request, response, partition)
+            if first:
+                check_first_page(paginator, page, where=self.redact(response.url))
             out.add(page.records, request)
             last = page.records[-1] if page.records else None
             cursor = dig(last, tuple(self.spec.incremental.cursor_field.split("."))) if (

@@ -317,3 +317,14 @@ def test_unchanged_resources_cost_a_304_and_no_rows(gh, settings, database):
     fourth = sync(settings, database, text)
     assert fourth.rows_by_stream["pull_requests"] == 3  # the changed repository's first page is new
     assert pr_truth(gh, REPOS) <= pull_numbers(database)
+
+
+def test_an_organisation_lists_its_repositories_and_each_becomes_a_partition(gh, settings, database):
+    """Parent-to-child partitioning: the org's repositories are read while planning, then issues per repo."""
+    text = spec_text(gh.url, REPOS, streams=["repositories", "issues"]).replace(
+        "  repos: [acme/repo1, acme/repo2]", "  org: acme")
+    result = sync(settings, database, text)
+    assert result.rows_by_stream["repositories"] == 2
+    assert loaded(database, "issues") == issue_truth(gh, REPOS)
+    assert set(bronze_postgres(database.url, "raw_gh_issues").column("repo").to_pylist()) == set(REPOS)
+    assert any(e["path"] == "/orgs/acme/repos" for e in gh.log())

@@ -13,7 +13,9 @@ from connectors.httpkit.components import (
 )
 from connectors.httpkit.egress import EgressPolicy, EgressRefused
 from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed, classify, retry_after_seconds
-from connectors.httpkit.paginate import LoopGuard, Page, PageRequest, links, next_request, page_count
+from connectors.httpkit.paginate import (
+    LoopGuard, Page, PageRequest, check_first_page, links, next_request, page_count,
+)
 from connectors.httpkit.records import to_batch
 from engine.secrets import Redactor
 
@@ -142,3 +144,14 @@ def test_redactor_masks_secret_and_its_encodings() -> None:
 def test_stream_spec_names_a_placeholder_nothing_fills() -> None:
     with pytest.raises(ValueError, match=r"uses \{repo\}, which no partitioner fills"):
         HttpStreamSpec(name="issues", path="/repos/{repo}/issues")
+
+
+def test_a_paginator_that_does_not_match_fails_at_the_first_page() -> None:
+    paginator = NextTokenPaginator(type="next_token", token_path=("meta", "next"), param="cursor", size=2)
+    page = Page(PageRequest("https://x/t"), {}, {"data": [{}, {}], "paging": {"next": "b"}}, [{}, {}])
+    with pytest.raises(HttpFailed, match=r"full \(2 records\) but has no token at \[meta, next\].*has: data, paging"):
+        check_first_page(paginator, page, where="https://x/t")
+    offset = OffsetPaginator(type="offset", total_path=("total",))
+    with pytest.raises(HttpFailed, match=r"its total is not at \[total\]"):
+        check_first_page(offset, Page(PageRequest("https://x/r"), {}, {"rows": [{}], "rowCount": 1}, [{}]), where="u")
+    check_first_page(offset, Page(PageRequest("https://x/r"), {}, {"rows": [{}], "total": 1}, [{}]), where="u")
