@@ -5,14 +5,15 @@ one per parent record or listed value, per date window, or per range of pages wh
 how many there are. Reading (in a Ray task) fetches a partition's pages, several at once for page
 ranges, and yields Arrow record batches.
 
-Partition `where` keys: the partitioner's field (e.g. `repo`), and `pages` (`"3-5"`, or `"6-"` for the
-last, open range that follows `next` links to the end). Windows are `(lower bound, upper bound)` in
+Partition `where` keys: the partitioner's field (e.g. `repo`), and `pages` (`"3-5"`, or `"6-9+"` for the
+last range: pages 6 to 9 as counted when planning, then `next` links to the end). Windows are `(lower bound, upper bound)` in
 the cursor's format; the lower bound is sent inclusively (APIs take `since` as "at or after").
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.httpkit.auth import AnyAuth, needs_exchange, static_credentials
 from connectors.httpkit.components import (
@@ -162,7 +164,8 @@ class HttpStream:
         pages = reader.count_pages(Partition(self.name, where, window))
         step = self.spec.page_ranges.pages_per_partition
         starts = list(range(1, max(pages, 1) + 1, step))
-        return [Partition(self.name, where + (("pages", f"{a}-{a + step - 1}" if a != starts[-1] else f"{a}-"),),
+        last = max(pages, 1)
+        return [Partition(self.name, where + (("pages", f"{a}-{a + step - 1}" if a != starts[-1] else f"{a}-{last}+"),),
                           window) for a in starts]
 
     # -- reading (Ray task) ---------------------------------------------------------------------------
@@ -226,7 +229,8 @@ class HttpReader:
         return pages
 
     async def _collect(self, partition: Partition) -> list[pa.RecordBatch]:
-        out = _Batches(self.spec, partition, self.redact)
+        out = _Batches(self.spec, partition, self.redact,
+                       keyset=isinstance(self._paginator(partition), CursorParamPaginator))
         await self._with_requester(lambda rq: self._read(rq, partition, out))
         return out.finish()
 
@@ -236,9 +240,11 @@ class HttpReader:
         if "pages" not in where:
             await self._follow(requester, first, partition, out)
             return
-        lo_text, _, hi_text = str(where["pages"]).partition("-")
-        lo, hi = int(lo_text), int(hi_text) if hi_text else None
-        last = hi if hi is not None else lo + self.stream.api.concurrency - 1
+        text = str(where["pages"])
+        open_end = text.endswith("+") or text.endswith("-")
+        lo_text, _, hi_text = text.rstrip("+").partition("-")
+        lo = int(lo_text)
+        last = int(hi_text) if hi_text else lo + self.stream.api.concurrency - 1
         numbers = list(range(lo, last + 1))
         sem = asyncio.Semaphore(self.stream.api.concurrency)
 
@@ -250,8 +256,9 @@ class HttpReader:
         pages = await asyncio.gather(*(fetch(n) for n in numbers))
         for page in pages:
             out.add(page.records, page.request)
-        if hi is None:
-            # The open last range: follow the API's own `next` from the last page fetched, to the end.
+        if open_end:
+            # The last range: its pages known at planning are fetched above, all at once; what was added
+            # since is reached by following the API's own `next` from there, to the end.
             nxt = next_request(self._paginator(partition), pages[-1]) if pages[-1].records else None
             if nxt is not None:
                 await self._follow(requester, nxt, partition, out)
@@ -407,7 +414,7 @@ class _Ties:
 class _Batches:
     """Gathers a partition's records into record batches, applying the stream's record rules."""
 
-    def __init__(self, spec: HttpStreamSpec, partition: Partition, redact: Redactor) -> None:
+    def __init__(self, spec: HttpStreamSpec, partition: Partition, redact: Redactor, *, keyset: bool) -> None:
         self.spec, self.partition, self.redact = spec, partition, redact
         self.declared = {f.name: f.type for f in spec.schema_}
         self.pending: list[dict[str, Any]] = []
@@ -417,18 +424,23 @@ class _Batches:
         self.cursor_path = tuple(inc.cursor_field.split(".")) if inc else ()
         self.lower = partition.window[0]
         self.stop_below = bool(inc and inc.stop_below and self.lower is not None)
-        keyset = inc is not None and isinstance(inc.paginator or spec.paginator, CursorParamPaginator)
         self.seen: set[tuple[Any, ...]] | None = set() if keyset and spec.primary_key else None
         self.extra = {k: v for k, v in partition.where if k != "pages"}
         self.where_url = ""
 
     def add(self, records: list[Any], request: PageRequest) -> None:
         self.where_url = request.url
+        if not (self.stop_below or self.seen is not None):
+            self.pending.extend(records)  # the common case: rules are applied per column in `_flush`
+        else:
+            self._add_one_by_one(records)
+        if len(self.pending) >= BATCH_ROWS:
+            self._flush()
+
+    def _add_one_by_one(self, records: list[Any]) -> None:
         for r in records:
             if not isinstance(r, dict):
                 self.pending.append(r)  # to_batch names the bad record
-                continue
-            if any(r.get(f) is not None for f in self.spec.drop_if_present):
                 continue
             if self.stop_below:
                 value = dig(r, self.cursor_path)
@@ -441,16 +453,23 @@ class _Batches:
                 if key in self.seen:
                     continue
                 self.seen.add(key)
-            for k, v in self.extra.items():
-                r.setdefault(k, v)
             self.pending.append(r)
-        if len(self.pending) >= BATCH_ROWS:
-            self._flush()
 
     def _flush(self) -> None:
-        if self.pending:
-            self.batches.append(to_batch(self.pending, self.declared, where=self.redact(self.where_url)))
-            self.pending = []
+        if not self.pending:
+            return
+        batch = to_batch(self.pending, self.declared, where=self.redact(self.where_url))
+        self.pending = []
+        drop = [f for f in self.spec.drop_if_present if f in batch.schema.names]
+        if drop:
+            keep = functools.reduce(pc.and_kleene, [pc.is_null(batch.column(f)) for f in drop])
+            batch = batch.filter(keep)
+            batch = batch.drop_columns(drop)  # all null now: the records that carried them are gone
+        for name, value in self.extra.items():
+            if name not in batch.schema.names:
+                batch = batch.append_column(name, pa.array([value] * batch.num_rows, pa.string()))
+        if batch.num_rows:
+            self.batches.append(batch)
 
     def finish(self) -> list[pa.RecordBatch]:
         self._flush()
