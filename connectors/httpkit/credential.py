@@ -3,7 +3,8 @@
 Every task of every run that uses a credential finds the same actor by name (namespace `ipai`), so the
 budget is one bucket and a refresh happens once for all of them. The actor outlives runs (detached)
 and exits after `idle_exit_s` without calls, taking nothing durable with it: rotated refresh tokens
-are in the secret store and quotas are re-learned from the API's headers.
+are in the secret store and quotas are re-learned from the API's headers. Callers that find it gone
+(idle exit, or its node lost) start a new one through `CredentialRef.handle` and carry on.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class CredentialRef:
         """Return the credential's actor, starting it if no task or run has yet."""
         return ray.remote(CredentialActor).options(
             name=f"credential-{self.id}", namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-            num_cpus=0, max_concurrency=64, max_restarts=-1,
+            num_cpus=0, max_concurrency=64, max_restarts=0,
         ).remote(self, {k: v for k, v in secrets.items() if k in _names(self.auth)})
 
 
@@ -83,7 +84,9 @@ class CredentialActor:
         while True:
             time.sleep(min(30.0, self.idle_exit_s / 2))
             if time.monotonic() - self.last_call > self.idle_exit_s:
-                os._exit(0)  # a detached actor ends itself; its name is free for the next run
+                # The actor is never restarted (max_restarts=0): its name is free, and the next task that
+                # needs the credential starts a new one, re-learning quotas from the API's headers.
+                os._exit(0)
 
     def acquire(self) -> Grant:
         with self.lock:

@@ -49,10 +49,31 @@ class Response:
     url: str
 
 
+class CredentialHandle:
+    """The credential actor as a task sees it: a handle renewed once if the actor has gone away."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self.start = start
+        self.actor = start()
+
+    async def call(self, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(self.actor, method).remote(*args)
+        except ray.exceptions.RayActorError:
+            self.actor = self.start()  # ended while idle, or its node was lost: a new one takes over
+            return await getattr(self.actor, method).remote(*args)
+        except ray.exceptions.RayTaskError as exc:
+            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+
+    def tell(self, method: str, *args: Any) -> None:
+        """Fire and forget (observations): a lost one costs nothing."""
+        getattr(self.actor, method).remote(*args)
+
+
 class Tokens:
     """The task's copy of the credential's access token, renewed through the credential actor."""
 
-    def __init__(self, actor: Any) -> None:
+    def __init__(self, actor: CredentialHandle) -> None:
         self.actor = actor
         self.current: AccessToken | None = None
 
@@ -64,17 +85,14 @@ class Tokens:
 
     async def refresh(self, stale: str | None) -> None:
         """Ask the actor for a token other than `stale`; concurrent askers share one exchange."""
-        try:
-            self.current = await self.actor.token.remote(stale)
-        except ray.exceptions.RayTaskError as exc:
-            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+        self.current = await self.actor.call("token", stale)
 
 
 class Requester:
     """Sends page requests for one reader; shares the credential's budget and tokens through its actor."""
 
     def __init__(
-        self, *, session: aiohttp.ClientSession, actor: Any, tokens: Tokens | None, headers: dict[str, str],
+        self, *, session: aiohttp.ClientSession, actor: CredentialHandle, tokens: Tokens | None, headers: dict[str, str],
         params: dict[str, str], rules: Sequence[ErrorRule], retry: RetryPolicy, rate_limit: RateLimit,
         egress: EgressPolicy, redact: Redactor, observe_body: Callable[[Response], None] | None = None,
     ) -> None:
@@ -122,7 +140,7 @@ class Requester:
 
     async def _once(self, request: PageRequest, counts: dict[str, int], extra: dict[str, str]) -> Response:
         if time.time() >= self.clear_until:
-            grant = await self.actor.acquire.remote()
+            grant = await self.actor.call("acquire")
             if grant.deferred_until is not None:
                 raise QuotaDeferred(f"{grant.reason}; the run is parked until then, with its state kept",
                                     until=grant.deferred_until)
@@ -188,7 +206,7 @@ class Requester:
         left = int(remaining)
         # The budget acts only near the end of a window: tell it then, not on every response.
         if limit is None or left < limit * 2 * SLOW_BELOW:
-            self.actor.observe.remote(left, reset_at, limit)
+            self.actor.tell("observe", left, reset_at, limit)
 
     async def _failure(self, request: PageRequest, response: Response, counts: dict[str, int],
                        token: str | None) -> Response:
@@ -212,7 +230,7 @@ class Requester:
                 raise QuotaDeferred(f"{where} answered {response.status} ({said}); the limit resets in "
                                     f"{seconds:.0f} s, so the run is parked with its state kept",
                                     until=time.time() + seconds)
-            await self.actor.pause.remote(seconds, f"{where} answered {response.status}")
+            await self.actor.call("pause", seconds, f"{where} answered {response.status}")
             self.clear_until = 0.0  # ask the budget before the next try: it now holds this credential
             raise RateLimited(f"{where} answered {response.status}: {said}", retry_after=seconds)
         if action == "deferred":

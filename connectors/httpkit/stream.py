@@ -35,7 +35,7 @@ from connectors.httpkit.paginate import (
     LoopGuard, Page, PageRequest, check_first_page, dig, first_request, next_request, nth_page, page_count,
 )
 from connectors.httpkit.records import loads, to_batch
-from connectors.httpkit.requester import Requester, Response, Tokens
+from connectors.httpkit.requester import CredentialHandle, Requester, Response, Tokens
 from engine.protocol import Partition, Plan, PlanContext, ReadContext
 from engine.secrets import LocalSecretStore, Redactor
 
@@ -206,7 +206,7 @@ class HttpReader:
     async def _with_requester(self, work: Callable[[Requester], Any]) -> Any:
         api = self.stream.api
         ref = api.credential(self.secrets, self.store)
-        actor = self.actor = ref.handle(self.secrets)
+        actor = self.actor = CredentialHandle(lambda: ref.handle(self.secrets))
         headers, params = static_credentials(api.auth, self.secrets)
         connector = aiohttp.TCPConnector(limit=api.concurrency, resolver=api.egress.resolver())
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -355,7 +355,7 @@ class HttpReader:
                              f"{self.redact(snippet)!r}") from None
         if self.stream.quota is not None and self.actor is not None:
             for q in self.stream.quota(body):
-                self.actor.observe.remote(q.remaining, q.reset_at, q.limit, q.window)
+                self.actor.tell("observe", q.remaining, q.reset_at, q.limit, q.window)
         if self.stream.shape is not None:
             records = self.stream.shape(body, partition)
         else:
