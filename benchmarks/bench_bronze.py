@@ -31,15 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,11 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
 
-DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-SAMPLE_S = 0.2
-PSS_REREAD_BYTES = 4 * 2**20
-PSS_MAX_AGE_S = 2.0
-POSTGRES_WRITERS = ("checkpointer", "walwriter", "background writer")
+from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
+    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, reap, wait_idle,
+)
+
 WARM = "engine, Ray up"
 """The optional third run: the engine with Ray started before its clock, as a long-lived cluster would be."""
 SPEED_TARGET = 0.60
@@ -179,163 +176,6 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 @dataclass
-class MemorySampler:
-    """Samples the summed memory of a process, its descendants and its Ray session's processes.
-
-    Reading a process's PSS makes the kernel walk its page tables (a few ms for a Ray worker), so a
-    process's PSS is read again only when its RSS (cheap to read) moved by `PSS_REREAD_BYTES` or its last
-    reading is `PSS_MAX_AGE_S` old; that keeps the sampling's own CPU low on a 2-core machine.
-    """
-
-    root: int
-    database: str = ""
-    """Name of the run's database: its PostgreSQL backends count towards CPU, not memory."""
-    peak_mib: float = 0.0
-    peak_breakdown: list[tuple[str, float]] = field(default_factory=list)
-    measure: str = "pss"
-    sessions: set[str] = field(default_factory=set)
-    """Ray session folders named on the command lines of the run's processes."""
-    outside_tree: set[int] = field(default_factory=set)
-    pids_seen: set[int] = field(default_factory=set)
-    outside_names: set[str] = field(default_factory=set)
-    cpu: dict[int, float] = field(default_factory=dict)
-    """CPU seconds of each process of the run, as last seen."""
-    postgres_cpu: dict[int, float] = field(default_factory=dict)
-    labels: dict[int, str] = field(default_factory=dict)
-    """What each process of the run was (the first task a Ray worker ran, if any)."""
-    samples: int = 0
-    _postgres_base: dict[int, float] = field(default_factory=dict)
-    _pss: dict[int, tuple[float, int, float]] = field(default_factory=dict)  # pid -> (pss, rss then, when)
-    _scanned: set[int] = field(default_factory=set)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.database:
-            self.sample_postgres()  # the server's writers' CPU time so far, not the run's
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        if self.database:
-            self.sample_postgres()  # the backends' final CPU time
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(SAMPLE_S)
-
-    def processes(self) -> list[psutil.Process]:
-        """Return the root, its descendants, and any process naming a Ray session folder they use."""
-        try:
-            root = psutil.Process(self.root)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-        for p in procs:
-            if p.pid in self._scanned:
-                continue
-            try:
-                self.sessions.update(d for arg in p.cmdline() for d in _session_dirs(arg))
-                self._scanned.add(p.pid)
-            except psutil.Error:
-                continue
-        if self.sessions and self.samples % 10 == 0:  # every 2 s: listing every process costs the run CPU
-            known = {p.pid for p in procs}
-            for p in psutil.process_iter(["pid", "cmdline"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if p.pid not in known and any(s in cmd for s in self.sessions):
-                    procs.append(p)
-                    try:
-                        if self.root not in {a.pid for a in p.parents()}:  # not a child started since the listing
-                            self.outside_tree.add(p.pid)
-                            self.outside_names.add(_label(p))
-                    except psutil.Error:
-                        pass
-        return procs
-
-    def sample_postgres(self) -> None:
-        """Record the CPU time of the PostgreSQL backends serving the run's database and of the server's
-        writers (checkpointer, WAL and background writers), which mostly write what the run loaded."""
-        for p in psutil.process_iter(["pid", "name", "cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if not (p.info["name"] or "").startswith("postgres"):
-                continue
-            ours, writer = self.database in cmd, any(w in cmd for w in POSTGRES_WRITERS)
-            if ours or writer:
-                try:
-                    t = p.cpu_times()
-                except psutil.Error:
-                    continue
-                if p.pid not in self._postgres_base:  # a writer ran before the run: count from now on
-                    self._postgres_base[p.pid] = 0.0 if ours else t.user + t.system
-                self.postgres_cpu[p.pid] = t.user + t.system - self._postgres_base[p.pid]
-
-    def sample(self) -> None:
-        total = 0.0
-        breakdown: list[tuple[str, float]] = []
-        for p in self.processes():
-            try:
-                t = p.cpu_times()
-                self.cpu[p.pid] = t.user + t.system
-                name = self.labels.get(p.pid, "")
-                if not name.startswith("ray::") or name == "ray::IDLE":  # until a worker shows its first task
-                    name = self.labels[p.pid] = _label(p)
-                value = self._memory(p)
-            except psutil.Error:
-                continue  # a process that ended between listing and reading
-            self.pids_seen.add(p.pid)
-            total += value
-            breakdown.append((name, value / 2**20))
-        if self.database and self.samples % 5 == 0:
-            self.sample_postgres()
-        self.samples += 1
-        if total / 2**20 > self.peak_mib:
-            self.peak_mib = total / 2**20
-            self.peak_breakdown = sorted(breakdown, key=lambda x: -x[1])
-
-    def _memory(self, p: psutil.Process) -> float:
-        rss = p.memory_info().rss
-        now = time.monotonic()
-        last = self._pss.get(p.pid)
-        if last and abs(rss - last[1]) < PSS_REREAD_BYTES and now - last[2] < PSS_MAX_AGE_S:
-            return last[0]
-        mem = p.memory_full_info()
-        value = getattr(mem, "pss", None)
-        if value is None:
-            self.measure, value = "rss", mem.rss
-        self._pss[p.pid] = (value, rss, now)
-        return float(value)
-
-
-SESSION_DIR = re.compile(r"/[^\s=,]*?/session_[^/\s,]+")
-
-
-def _session_dirs(arg: str) -> list[str]:
-    """Return the Ray session folders (`/tmp/ray/session_<name>`) a command-line argument names."""
-    return SESSION_DIR.findall(arg)
-
-
-def _label(p: psutil.Process) -> str:
-    cmd = p.cmdline()
-    name = p.name()
-    if name.startswith("ray::") or (cmd and cmd[0].startswith("ray::")):
-        title = cmd[0] if cmd else name
-        if title.startswith("ray::read "):
-            return "ray::read worker"
-        if "BronzeWriter" in title or title.startswith(("ray::write ", "ray::bronze ")):
-            return "ray::BronzeWriter"
-        return title
-    if "python" in name and len(cmd) > 1:
-        script = next((Path(a).name for a in cmd[1:] if a.endswith(".py")), cmd[1])
-        return f"python {script}"
-    return name
-
-
-@dataclass
 class Measured:
     run: str
     rows: int
@@ -388,15 +228,15 @@ def measure(run: str, shape: Shape, admin_url: str) -> Measured:
            "--seed", str(shape.seed), "--partition-rows", str(shape.partition_rows),
            "--commit-rows", str(shape.commit_rows), "--db-url", db_url, "--work", str(work)]
     try:
-        t0, cpu0, own0 = time.perf_counter(), _busy_cpu(), sum(psutil.Process().cpu_times()[:2])
+        t0, cpu0, own0 = time.perf_counter(), busy_cpu(), sum(psutil.Process().cpu_times()[:2])
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = MemorySampler(proc.pid, database=name)
         sampler.start()
         out, err = proc.communicate()
         sampler.stop()
-        wall, busy = time.perf_counter() - t0, _busy_cpu() - cpu0
+        wall, busy = time.perf_counter() - t0, busy_cpu() - cpu0
         own = sum(psutil.Process().cpu_times()[:2]) - own0
-        _reap(sampler)
+        reap(sampler)
         line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             raise SystemExit(f"{run} run failed (exit {proc.returncode}):\n{err[-4000:]}")
@@ -409,44 +249,7 @@ def measure(run: str, shape: Shape, admin_url: str) -> Measured:
     cpu_run, cpu_pg = sum(sampler.cpu.values()), sum(sampler.postgres_cpu.values())
     return Measured(run, result["rows"], result["seconds"], wall, sampler.peak_mib, sampler.measure,
                     len(sampler.pids_seen), sorted(sampler.outside_names), sampler.peak_breakdown, delta_rows, pg_rows,
-                    cpu_run, cpu_pg, max(0.0, busy - cpu_run - cpu_pg - own), own, _cpu_by_label(sampler))
-
-
-def _cpu_by_label(sampler: MemorySampler) -> list[tuple[str, float]]:
-    totals: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for pid, seconds in sampler.cpu.items():
-        label = sampler.labels.get(pid, "?")
-        totals[label] = totals.get(label, 0.0) + seconds
-        counts[label] = counts.get(label, 0) + 1
-    return sorted(((f"{k} x{counts[k]}" if counts[k] > 1 else k, v) for k, v in totals.items()), key=lambda x: -x[1])
-
-
-def wait_idle(seconds: float) -> bool:
-    """Wait up to `seconds` for the machine to be idle (under 10% CPU over a second); return whether it is."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if psutil.cpu_percent(interval=1.0) < 10:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-
-
-def _busy_cpu() -> float:
-    """Return the CPU seconds the whole machine has spent busy since boot."""
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def _reap(sampler: MemorySampler) -> None:
-    """Stop Ray processes of the run that outlived it (started by the run, so ours to end), by pid."""
-    for pid in sampler.pids_seen - {sampler.root}:
-        try:
-            p = psutil.Process(pid)
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                p.terminate()
-        except psutil.Error:
-            pass
+                    cpu_run, cpu_pg, max(0.0, busy - cpu_run - cpu_pg - own), own, cpu_by_label(sampler))
 
 
 def _count(lakehouse: Path, db_url: str) -> tuple[int, int]:
@@ -468,24 +271,6 @@ def _count(lakehouse: Path, db_url: str) -> tuple[int, int]:
 
 
 # -- reporting --------------------------------------------------------------------------------------
-
-
-def admin_database(explicit: str | None) -> tuple[str, Any]:
-    """Return a maintenance-database URL (and an embedded server to keep alive, if one was started)."""
-    import psycopg
-
-    url = explicit or os.environ.get("IPAI_DATABASE_URL")
-    if url:
-        return url, None
-    try:
-        psycopg.connect(DEFAULT_SERVER_URL, connect_timeout=2).close()
-        return DEFAULT_SERVER_URL, None
-    except psycopg.OperationalError:
-        pass
-    from engine.db import start_embedded
-
-    db = start_embedded(Path(tempfile.mkdtemp(prefix="ipai-bench-pg-")) / "pgdata")
-    return db.url, db
 
 
 def table(results: list[list[Measured]]) -> str:

@@ -51,7 +51,7 @@ class GitHubSource(SpecModel):
     """Pages per read task on full reads of large repositories."""
     lookback_s: int = Field(default=300, ge=0)
     """Seconds re-read behind the stored cursor (clock skew; GitHub's data is otherwise real-time)."""
-    concurrency: int = Field(default=12, ge=1, le=32)
+    concurrency: int = Field(default=16, ge=1, le=32)
     """Pages in flight per read task (GitHub allows 100 concurrent requests per token in all)."""
     rate_limit: RateLimit = RateLimit(requests_per_second=15, burst=15)
     """GitHub's secondary limit allows 900 points a minute per endpoint, a GET costing one (github.md

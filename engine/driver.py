@@ -36,6 +36,7 @@ from layers.delta import table_uri
 
 HEARTBEAT_S = 1.0
 WRITES_IN_FLIGHT = 2  # per writer: one committing, one queued behind it
+COMMIT_AFTER_S = 5.0  # an idle writer commits a small batch once it has waited this long
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class _StreamRun:
     writing: int = 0
     pending: list[tuple[Partition, Any, int]] = field(default_factory=list)  # (partition, table ref, rows)
     cursor: Any = None
+    pending_since: float = 0.0
     notes: dict[str, dict[str, str]] = field(default_factory=dict)  # what readers recorded in earlier runs
 
     @property
@@ -347,7 +349,7 @@ class _Run:
                     order.append(run)
             for run in self.streams.values():
                 if run.pending and run.writing < WRITES_IN_FLIGHT and (
-                    run.writing == 0 or run.pending_rows >= commit_rows
+                    (run.writing == 0 and self._worth_a_commit(run, commit_rows)) or run.pending_rows >= commit_rows
                     or (not run.queued and not run.reading)
                 ):
                     self._submit_write(run)
@@ -394,7 +396,15 @@ class _Run:
         if rows == 0:
             self._checkpoint(run, [(partition, 0)])
         else:
+            if not run.pending:
+                run.pending_since = time.monotonic()
             run.pending.append((partition, table_ref, rows))
+
+    @staticmethod
+    def _worth_a_commit(run: _StreamRun, commit_rows: int) -> bool:
+        """An idle writer commits what is pending once it is a tenth of `commit_rows` or has waited a few
+        seconds: slow sources (APIs with latency) then make a few large commits, not one per partition."""
+        return run.pending_rows >= commit_rows // 10 or time.monotonic() - run.pending_since >= COMMIT_AFTER_S
 
     def _submit_write(self, run: _StreamRun) -> None:
         batch, run.pending = run.pending, []

@@ -102,6 +102,7 @@ class Requester:
         self.observe_body = observe_body
         self.requests = 0
         self.clear_until = 0.0
+        self.asking = asyncio.Lock()
 
     async def send(self, request: PageRequest, *, extra_headers: dict[str, str] | None = None) -> Response:
         """Return the 2xx (or 304) response to `request`, retrying what the error table says to retry."""
@@ -140,13 +141,15 @@ class Requester:
 
     async def _once(self, request: PageRequest, counts: dict[str, int], extra: dict[str, str]) -> Response:
         if time.time() >= self.clear_until:
-            grant = await self.actor.call("acquire")
-            if grant.deferred_until is not None:
-                raise QuotaDeferred(f"{grant.reason}; the run is parked until then, with its state kept",
-                                    until=grant.deferred_until)
-            self.clear_until = grant.clear_until
-            if grant.wait > 0:
-                await asyncio.sleep(grant.wait)
+            async with self.asking:  # one question at a time: a lease answers the requests queued behind it
+                grant = None if time.time() < self.clear_until else await self.actor.call("acquire")
+            if grant is not None:
+                if grant.deferred_until is not None:
+                    raise QuotaDeferred(f"{grant.reason}; the run is parked until then, with its state kept",
+                                        until=grant.deferred_until)
+                self.clear_until = grant.clear_until
+                if grant.wait > 0:
+                    await asyncio.sleep(grant.wait)
         headers = {"User-Agent": USER_AGENT, **self.headers, **extra}
         token = None
         if self.tokens is not None:

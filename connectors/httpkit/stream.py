@@ -129,11 +129,11 @@ class HttpStream:
         wheres = self._wheres(ctx)
         partitions: list[Partition] = []
         from_cursor = ctx.sync_mode == "incremental" and ctx.cursor is not None
+        if self.spec.page_ranges is not None and self.spec.windows is None and not from_cursor:
+            return Plan(self._page_ranges(ctx, wheres, (lower, upper)), cursor_to=upper)
         for where in wheres:
             if self.spec.windows is not None:
                 partitions += [Partition(self.name, where, w) for w in _windows(self.spec, lower, upper)]
-            elif self.spec.page_ranges is not None and not from_cursor:
-                partitions += self._page_ranges(ctx, where, (lower, upper))
             else:
                 partitions.append(Partition(self.name, where, (lower, upper)))
         return Plan(partitions, cursor_to=upper)
@@ -156,17 +156,21 @@ class HttpStream:
             values += batch.column(p.parent_field).to_pylist()
         return [((p.field, v),) for v in dict.fromkeys(v for v in values if v is not None)]
 
-    def _page_ranges(self, ctx: PlanContext, where: tuple[tuple[str, Any], ...],
+    def _page_ranges(self, ctx: PlanContext, wheres: list[tuple[tuple[str, Any], ...]],
                      window: tuple[Any, Any]) -> list[Partition]:
+        """Ask each partition's page count (all at once), and split its pages into ranges."""
         assert self.spec.page_ranges is not None
         reader = self.open(ReadContext(run_id="plan", instance_id="plan", secrets=ctx.secrets,
                                        options={"secret_store": ctx.options.get("secret_store")}))
-        pages = reader.count_pages(Partition(self.name, where, window))
+        counts = reader.count_pages([Partition(self.name, where, window) for where in wheres])
         step = self.spec.page_ranges.pages_per_partition
-        starts = list(range(1, max(pages, 1) + 1, step))
-        last = max(pages, 1)
-        return [Partition(self.name, where + (("pages", f"{a}-{a + step - 1}" if a != starts[-1] else f"{a}-{last}+"),),
-                          window) for a in starts]
+        out = []
+        for where, pages in zip(wheres, counts, strict=True):
+            last = max(pages, 1)
+            starts = list(range(1, last + 1, step))
+            out += [Partition(self.name, where + (("pages", f"{a}-{a + step - 1}" if a != starts[-1] else f"{a}-{last}+"),),
+                              window) for a in starts]
+        return out
 
     # -- reading (Ray task) ---------------------------------------------------------------------------
 
@@ -200,8 +204,18 @@ class HttpReader:
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
         yield from asyncio.run(self._collect(partition))
 
-    def count_pages(self, partition: Partition) -> int:
-        return asyncio.run(self._with_requester(lambda rq: self._count(rq, partition)))
+    def count_pages(self, partitions: list[Partition]) -> list[int]:
+        """Return each partition's page count, asking for them concurrently."""
+        async def count_all(requester: Requester) -> list[int]:
+            sem = asyncio.Semaphore(self.stream.api.concurrency)
+
+            async def one(p: Partition) -> int:
+                async with sem:
+                    return await self._count(requester, p)
+
+            return list(await asyncio.gather(*(one(p) for p in partitions)))
+
+        return asyncio.run(self._with_requester(count_all))
 
     async def _with_requester(self, work: Callable[[Requester], Any]) -> Any:
         api = self.stream.api
@@ -251,11 +265,12 @@ class HttpReader:
         async def fetch(n: int) -> Page:
             async with sem:
                 req = nth_page(self._paginator(partition), first, n)
-                return self._page(req, await requester.send(req), partition)
+                response = await requester.send(req)
+            page = self._page(req, response, partition)
+            out.add(page.records, page.request)  # converted while later pages are still on the wire
+            return page
 
         pages = await asyncio.gather(*(fetch(n) for n in numbers))
-        for page in pages:
-            out.add(page.records, page.request)
         if open_end:
             # The last range: its pages known at planning are fetched above, all at once; what was added
             # since is reached by following the API's own `next` from there, to the end.
