@@ -49,13 +49,13 @@ class EgressPolicy:
         if loopback and not self.allow_loopback:
             raise EgressRefused(f"{host} is this machine (loopback); allowed only in dev mode "
                                 f"({DEV_MODE_ENV}=1), for emulators and tests")
-        if parts.scheme != "https" and not (parts.scheme == "http" and loopback and self.allow_loopback):
-            raise EgressRefused(f"{url.split('?')[0]} is not https://; plain HTTP is allowed only to loopback in "
-                                f"dev mode ({DEV_MODE_ENV}=1)")
         try:
             self.check_address(host)
         except ValueError:
             pass  # a name, not a literal address: checked by the resolver when connecting
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback and self.allow_loopback):
+            raise EgressRefused(f"{url.split('?')[0]} is not https://; plain HTTP is allowed only to loopback in "
+                                f"dev mode ({DEV_MODE_ENV}=1)")
 
     def check_address(self, address: str) -> None:
         """Refuse an IP address outside the public internet (raises ValueError if not an address)."""

@@ -328,3 +328,11 @@ def test_an_organisation_lists_its_repositories_and_each_becomes_a_partition(gh,
     assert loaded(database, "issues") == issue_truth(gh, REPOS)
     assert set(bronze_postgres(database.url, "raw_gh_issues").column("repo").to_pylist()) == set(REPOS)
     assert any(e["path"] == "/orgs/acme/repos" for e in gh.log())
+
+
+def test_a_refused_token_fails_fast_with_the_api_message(gh, settings, database, monkeypatch):
+    monkeypatch.setenv("IPAI_SECRET_GITHUB_TOKEN", "ghp_not_a_valid_token_0000")
+    with pytest.raises(RunFailed, match=r"401: Bad credentials.*check it and store it again") as failed:
+        sync(settings, database, spec_text(gh.url, ["acme/repo1"], streams=["issues"]))
+    assert "ghp_not_a_valid_token_0000" not in str(failed.value)
+    assert len(gh.log()) == 1, "a refused credential must not be retried"
