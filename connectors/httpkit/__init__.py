@@ -8,5 +8,7 @@
     requester.py   one request: budget, auth, redirects, error table, retries (tenacity)
     paginate.py    next-page logic and page counts
     records.py     JSON records to Arrow
+    gather.py      a partition's records: record rules, keyset de-duplication, ties across pages
+    cursor.py      cursor bounds, lookback and date windows
     stream.py      HttpStream: plan partitions, read pages in parallel
 """

@@ -13,15 +13,12 @@ the cursor's format; the lower bound is sent inclusively (APIs take `since` as "
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from connectors.httpkit.auth import AnyAuth, needs_exchange, static_credentials
 from connectors.httpkit.components import (
@@ -34,12 +31,13 @@ from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed
 from connectors.httpkit.paginate import (
     LoopGuard, Page, PageRequest, check_first_page, dig, first_request, next_request, nth_page, page_count,
 )
-from connectors.httpkit.records import loads, to_batch
+from connectors.httpkit.cursor import format_bound, minus, parse_time, windows
+from connectors.httpkit.gather import Batches, Ties
+from connectors.httpkit.records import loads
 from connectors.httpkit.requester import CredentialHandle, Requester, Response, Tokens
 from engine.protocol import Partition, Plan, PlanContext, ReadContext
 from engine.secrets import LocalSecretStore, Redactor
 
-BATCH_ROWS = 5_000
 Shape = Callable[[Any, Partition], list[dict[str, Any]]]
 """Turns a page body into records (for APIs whose rows are not plain objects, such as GA4's)."""
 Prepare = Callable[[PageRequest, Partition], PageRequest]
@@ -121,11 +119,11 @@ class HttpStream:
         inc = self.spec.incremental
         lower, upper = None, None
         if inc is not None:
-            upper = _format_bound(ctx.run_started_at, inc.format)
+            upper = format_bound(ctx.run_started_at, inc.format)
             if ctx.sync_mode == "incremental" and ctx.cursor is not None:
-                lower = _minus(ctx.cursor, inc.lookback_s, inc.format)
+                lower = minus(ctx.cursor, inc.lookback_s, inc.format)
             elif inc.start is not None:
-                lower = _format_bound(_parse_time(inc.start), inc.format)
+                lower = format_bound(parse_time(inc.start), inc.format)
         wheres = self._wheres(ctx)
         partitions: list[Partition] = []
         from_cursor = ctx.sync_mode == "incremental" and ctx.cursor is not None
@@ -133,7 +131,7 @@ class HttpStream:
             return Plan(self._page_ranges(ctx, wheres, (lower, upper)), cursor_to=upper)
         for where in wheres:
             if self.spec.windows is not None:
-                partitions += [Partition(self.name, where, w) for w in _windows(self.spec, lower, upper)]
+                partitions += [Partition(self.name, where, w) for w in windows(self.spec, lower, upper)]
             else:
                 partitions.append(Partition(self.name, where, (lower, upper)))
         return Plan(partitions, cursor_to=upper)
@@ -243,12 +241,12 @@ class HttpReader:
         return pages
 
     async def _collect(self, partition: Partition) -> list[pa.RecordBatch]:
-        out = _Batches(self.spec, partition, self.redact,
+        out = Batches(self.spec, partition, self.redact,
                        keyset=isinstance(self._paginator(partition), CursorParamPaginator))
         await self._with_requester(lambda rq: self._read(rq, partition, out))
         return out.finish()
 
-    async def _read(self, requester: Requester, partition: Partition, out: _Batches) -> None:
+    async def _read(self, requester: Requester, partition: Partition, out: Batches) -> None:
         where = dict(partition.where)
         first = self._first(partition)
         if "pages" not in where:
@@ -279,11 +277,11 @@ class HttpReader:
                 await self._follow(requester, nxt, partition, out)
 
     async def _follow(self, requester: Requester, request: PageRequest | None, partition: Partition,
-                      out: _Batches) -> None:
+                      out: Batches) -> None:
         guard = LoopGuard()
         paginator = self._paginator(partition)
         first, identity = True, request.identity() if request is not None else ""
-        ties = _Ties(self.spec, paginator) if isinstance(paginator, CursorParamPaginator) else None
+        ties = Ties(self.spec, paginator) if isinstance(paginator, CursorParamPaginator) else None
         while request is not None:
             guard.check(request)
             known = self.etags.get(identity) if first else None
@@ -308,7 +306,7 @@ class HttpReader:
             first = False
 
     async def _tie_members(self, requester: Requester, paginator: CursorParamPaginator, request: PageRequest,
-                           value: Any, partition: Partition, out: _Batches) -> set[tuple[Any, ...]]:
+                           value: Any, partition: Partition, out: Batches) -> set[tuple[Any, ...]]:
         """Re-read every page of the records whose cursor is `value`; return their keys (new ones are kept)."""
         req: PageRequest | None = replace(request, params={
             **{k: v for k, v in request.params.items() if k != paginator.page_param}, paginator.param: value})
@@ -389,143 +387,3 @@ class HttpReader:
 def _from_cursor(partition: Partition) -> bool:
     """A partition reads from a stored cursor when its window is open below but starts somewhere."""
     return partition.window[0] is not None and not any(k == "pages" for k, _ in partition.where)
-
-
-class _Ties:
-    """Keyset paging steps through a cursor value shared by more than a page by page number, and a record
-    updated meanwhile leaves that run of pages and shifts the rest back: one could be skipped. So once
-    the read moves past such a value, its records are read again until a pass sees none leave."""
-
-    MAX_PASSES = 5
-
-    def __init__(self, spec: HttpStreamSpec, paginator: CursorParamPaginator) -> None:
-        self.spec, self.paginator = spec, paginator
-        self.path = tuple(paginator.field.split("."))
-        self.value: Any = None
-        self.members: set[tuple[Any, ...]] = set()
-        self.pages = 0
-
-    async def after_page(self, page: Page, nxt: PageRequest | None,
-                         reread: Callable[[Any], Any]) -> None:
-        p = self.paginator
-        value = page.request.params.get(p.param)
-        if value != self.value:
-            self.value, self.members, self.pages = value, set(), 0
-        self.pages += 1
-        self.members |= {tuple(r.get(k) for k in self.spec.primary_key) for r in page.records
-                         if isinstance(r, dict) and str(dig(r, self.path)) == str(value)}
-        stays = nxt is not None and nxt.params.get(p.param) == value
-        if stays or self.pages < 2 or value is None:
-            return
-        before = self.members
-        for _ in range(self.MAX_PASSES):
-            now = await reread(value)
-            if before <= now:
-                break  # nobody left during the pass: nothing was shifted out of sight
-            before = now
-        self.value, self.members, self.pages = None, set(), 0
-
-
-class _Batches:
-    """Gathers a partition's records into record batches, applying the stream's record rules."""
-
-    def __init__(self, spec: HttpStreamSpec, partition: Partition, redact: Redactor, *, keyset: bool) -> None:
-        self.spec, self.partition, self.redact = spec, partition, redact
-        self.declared = {f.name: f.type for f in spec.schema_}
-        self.pending: list[dict[str, Any]] = []
-        self.batches: list[pa.RecordBatch] = []
-        self.stopped = False
-        inc = spec.incremental
-        self.cursor_path = tuple(inc.cursor_field.split(".")) if inc else ()
-        self.lower = partition.window[0]
-        self.stop_below = bool(inc and inc.stop_below and self.lower is not None)
-        self.seen: set[tuple[Any, ...]] | None = set() if keyset and spec.primary_key else None
-        self.extra = {k: v for k, v in partition.where if k != "pages"}
-        self.where_url = ""
-
-    def add(self, records: list[Any], request: PageRequest) -> None:
-        self.where_url = request.url
-        if not (self.stop_below or self.seen is not None):
-            self.pending.extend(records)  # the common case: rules are applied per column in `_flush`
-        else:
-            self._add_one_by_one(records)
-        if len(self.pending) >= BATCH_ROWS:
-            self._flush()
-
-    def _add_one_by_one(self, records: list[Any]) -> None:
-        for r in records:
-            if not isinstance(r, dict):
-                self.pending.append(r)  # to_batch names the bad record
-                continue
-            if self.stop_below:
-                value = dig(r, self.cursor_path)
-                if value is not None and str(value) < str(self.lower):
-                    self.stopped = True
-                    continue
-            if self.seen is not None:
-                # Keyset paging re-reads the records that share the boundary value: keep each once.
-                key = tuple(r.get(k) for k in self.spec.primary_key) + (str(dig(r, self.cursor_path)),)
-                if key in self.seen:
-                    continue
-                self.seen.add(key)
-            self.pending.append(r)
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        batch = to_batch(self.pending, self.declared, where=self.redact(self.where_url))
-        self.pending = []
-        drop = [f for f in self.spec.drop_if_present if f in batch.schema.names]
-        if drop:
-            keep = functools.reduce(pc.and_kleene, [pc.is_null(batch.column(f)) for f in drop])
-            batch = batch.filter(keep)
-            batch = batch.drop_columns(drop)  # all null now: the records that carried them are gone
-        for name, value in self.extra.items():
-            if name not in batch.schema.names:
-                batch = batch.append_column(name, pa.array([value] * batch.num_rows, pa.string()))
-        if batch.num_rows:
-            self.batches.append(batch)
-
-    def finish(self) -> list[pa.RecordBatch]:
-        self._flush()
-        return self.batches
-
-
-def _parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _format_bound(moment: datetime, fmt: str) -> Any:
-    moment = moment.astimezone(timezone.utc)
-    if fmt == "iso8601":
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if fmt == "date":
-        return moment.date().isoformat()
-    if fmt == "epoch_seconds":
-        return int(moment.timestamp())
-    return int(moment.timestamp() * 1000)
-
-
-def _minus(cursor: Any, seconds: int, fmt: str) -> Any:
-    if not seconds:
-        return cursor
-    if fmt == "iso8601":
-        return _format_bound(_parse_time(str(cursor)) - timedelta(seconds=seconds), fmt)
-    if fmt == "date":
-        return (date.fromisoformat(str(cursor)) - timedelta(seconds=seconds)).isoformat()
-    return int(cursor) - seconds * (1000 if fmt == "epoch_millis" else 1)
-
-
-def _windows(spec: HttpStreamSpec, lower: Any, upper: Any) -> list[tuple[str, str]]:
-    """Split [lower, upper] into date windows of `step_days` (inclusive dates, as report APIs take them)."""
-    assert spec.windows is not None
-    first = date.fromisoformat(str(lower)[:10]) if lower is not None else date.fromisoformat(spec.windows.start)
-    last = date.fromisoformat(str(upper)[:10])
-    out = []
-    day = first
-    while day <= last:
-        end = min(last, day + timedelta(days=spec.windows.step_days - 1))
-        out.append((day.isoformat(), end.isoformat()))
-        day = end + timedelta(days=1)
-    return out

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from connectors.httpkit.components import CursorParamPaginator, HttpStreamSpec, Incremental
 from connectors.httpkit.paginate import LoopGuard, Page, PageRequest, next_request
-from connectors.httpkit.stream import _format_bound, _minus, _parse_time, _Ties
+from connectors.httpkit.cursor import format_bound, minus, parse_time
+from connectors.httpkit.gather import Ties
 
 ORIGIN = datetime(2026, 3, 8, 6, 59, 0, tzinfo=timezone.utc)  # 01:59 in New York: DST starts a minute later
 PER_PAGE = 5
@@ -69,7 +70,7 @@ def read_from(api: ModelApi, lower: str | None, during: list[tuple[int, datetime
 
     async def follow() -> None:
         request: PageRequest | None = PageRequest("model", {"per_page": PER_PAGE, **({"since": lower} if lower else {})})
-        guard, ties = LoopGuard(), _Ties(spec, paginator)
+        guard, ties = LoopGuard(), Ties(spec, paginator)
         while request is not None:
             guard.check(request)
             records = fetch(request.params)
@@ -104,9 +105,9 @@ def test_any_split_into_runs_loads_every_current_version(runs):
         now += timedelta(seconds=gap)
         started = now
         during = [(i, started + timedelta(milliseconds=10 * (k + 1))) for k, i in enumerate(racing) if i in api.records]
-        lower = None if cursor is None else _minus(cursor, 0, "iso8601")
+        lower = None if cursor is None else minus(cursor, 0, "iso8601")
         loaded |= read_from(api, lower, during)
-        cursor = _format_bound(started, "iso8601")  # the run's upper bound, fixed when it was planned
+        cursor = format_bound(started, "iso8601")  # the run's upper bound, fixed when it was planned
         now = max(now, *[m for _, m in during], started) + timedelta(milliseconds=50)
     loaded |= read_from(api, cursor, [])  # one more run after the source stopped changing
     current = {(i, api.text(t)) for i, t in api.records.items()}
@@ -121,10 +122,10 @@ zones = st.sampled_from([timezone.utc, ZoneInfo("America/New_York"), ZoneInfo("E
        lookback=st.integers(0, 10 * 86_400))
 def test_cursor_bounds_never_move_later_and_survive_a_round_trip(moment, zone, lookback):
     aware = moment.replace(tzinfo=zone) if zone is not None else moment.replace(tzinfo=timezone.utc)
-    text = _format_bound(aware, "iso8601")
-    back = _parse_time(text)
+    text = format_bound(aware, "iso8601")
+    back = parse_time(text)
     assert back <= aware < back + timedelta(seconds=1)  # truncated to the second, never rounded up
-    assert _parse_time(_minus(text, lookback, "iso8601")) == back - timedelta(seconds=lookback)
-    assert _format_bound(back, "iso8601") == text
-    day = _format_bound(aware, "date")
-    assert _minus(day, lookback, "date") <= day
+    assert parse_time(minus(text, lookback, "iso8601")) == back - timedelta(seconds=lookback)
+    assert format_bound(back, "iso8601") == text
+    day = format_bound(aware, "date")
+    assert minus(day, lookback, "date") <= day
