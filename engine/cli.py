@@ -446,8 +446,6 @@ def _demo_spec(orders: int, today: int) -> str:
     )
 
 
-if __name__ == "__main__":
-    main()
 
 
 # -- secret ---------------------------------------------------------------------------------------------
@@ -480,3 +478,7 @@ def secret_list() -> None:
 
     for name in LocalSecretStore(_settings().home).names():
         out.print(name, highlight=False)
+
+
+if __name__ == "__main__":
+    main()

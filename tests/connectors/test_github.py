@@ -7,6 +7,8 @@ records inserted or updated while pages are read (RELIABILITY tests 9 and 11).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -336,3 +338,21 @@ def test_a_refused_token_fails_fast_with_the_api_message(gh, settings, database,
         sync(settings, database, spec_text(gh.url, ["acme/repo1"], streams=["issues"]))
     assert "ghp_not_a_valid_token_0000" not in str(failed.value)
     assert len(gh.log()) == 1, "a refused credential must not be retried"
+
+
+def test_cli_stores_the_secret_and_reports_a_deferred_run_without_a_traceback(gh, settings, tmp_path):
+    from tests.engine.test_cli import env_for, ipai
+
+    env = env_for(settings)
+    env["IPAI_DEV_MODE"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "secret", "set", "github_token"], input=TOKEN + "\n",
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and TOKEN not in proc.stdout + proc.stderr
+    assert ipai("secret", "list", env=env).stdout.split() == ["github_token"]
+    spec = tmp_path / "gh.yaml"
+    spec.write_text(spec_text(gh.url, REPOS, streams=["issues"], extra="  concurrency: 2\n  retry: {max_wait_s: 1}"))
+    gh.set_faults(primary_limit={"limit": 10, "window_s": 30, "status": 403})
+    proc = ipai("submit", str(spec), "--wait", env=env, check=False)
+    assert proc.returncode == 75, proc.stderr
+    assert "deferred:" in proc.stderr and "run it again after that time" in proc.stderr
+    assert "Traceback" not in proc.stderr and TOKEN not in proc.stderr
