@@ -5,9 +5,10 @@ one per parent record or listed value, per date window, or per range of pages wh
 how many there are. Reading (in a Ray task) fetches a partition's pages, several at once for page
 ranges, and yields Arrow record batches.
 
-Partition `where` keys: the partitioner's field (e.g. `repo`), and `pages` (`"3-5"`, or `"6-9+"` for the
-last range: pages 6 to 9 as counted when planning, then `next` links to the end). Windows are `(lower bound, upper bound)` in
-the cursor's format; the lower bound is sent inclusively (APIs take `since` as "at or after").
+Partition `where` keys: the partitioner's field (e.g. `repo`), and `pages` (`"3-5"`, or `"6-9+"` for
+the last range: pages 6 to 9 as counted when planning, then `next` links to the end). Windows are
+`(lower bound, upper bound)` in the cursor's format; the lower bound is sent inclusively (APIs take
+`since` as "at or after").
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from connectors.httpkit.components import (
     RetryPolicy, ValuesPartitioner,
 )
 from connectors.httpkit.credential import CredentialRef
+from connectors.httpkit.cursor import format_bound, minus, parse_time, windows
 from connectors.httpkit.egress import EgressPolicy
 from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed
+from connectors.httpkit.gather import Batches, Ties
 from connectors.httpkit.paginate import (
     LoopGuard, Page, PageRequest, check_first_page, dig, first_request, next_request, nth_page, page_count,
 )
-from connectors.httpkit.cursor import format_bound, minus, parse_time, windows
-from connectors.httpkit.gather import Batches, Ties
 from connectors.httpkit.records import loads
 from connectors.httpkit.requester import CredentialHandle, Requester, Response, Tokens
 from engine.protocol import Partition, Plan, PlanContext, ReadContext
@@ -166,8 +167,8 @@ class HttpStream:
         for where, pages in zip(wheres, counts, strict=True):
             last = max(pages, 1)
             starts = list(range(1, last + 1, step))
-            out += [Partition(self.name, where + (("pages", f"{a}-{a + step - 1}" if a != starts[-1] else f"{a}-{last}+"),),
-                              window) for a in starts]
+            ranges = [f"{a}-{a + step - 1}" for a in starts[:-1]] + [f"{starts[-1]}-{last}+"]
+            out += [Partition(self.name, where + (("pages", r),), window) for r in ranges]
         return out
 
     # -- reading (Ray task) ---------------------------------------------------------------------------
