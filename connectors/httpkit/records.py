@@ -12,6 +12,8 @@ is parsed and re-encoded with orjson; only columns that hold objects or mixed ty
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,11 +24,18 @@ from connectors.httpkit.errors import HttpFailed
 
 ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
          "json": pa.string()}
+BIG_INTEGER = re.compile(rb"\d{20,}")
 CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError)
 
 
 def loads(body: bytes) -> Any:
-    """Parse a JSON body (raises ValueError when it is not JSON)."""
+    """Parse a JSON body (raises ValueError when it is not JSON).
+
+    orjson turns integers past 64 bits into doubles, losing digits; a body that may hold one (a run of 20
+    or more digits) is parsed by the standard library instead, which keeps them exact.
+    """
+    if BIG_INTEGER.search(body):
+        return json.loads(body)
     return orjson.loads(body)
 
 
@@ -35,7 +44,10 @@ def _json_text(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers past 64 bits
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def to_batch(records: Sequence[Mapping[str, Any]], declared: Mapping[str, str], *, where: str) -> pa.RecordBatch:
@@ -62,7 +74,9 @@ def _inferred(values: list[Any]) -> pa.Array:
     kind = array.type
     if pa.types.is_null(kind):
         return pa.nulls(len(values), pa.string())
-    if pa.types.is_nested(kind) or pa.types.is_unsigned_integer(kind):
+    if pa.types.is_nested(kind) or pa.types.is_unsigned_integer(kind) or (
+            pa.types.is_floating(kind) and any(type(v) is int and not -(2**63) <= v < 2**63 for v in values)):
+        # Objects stay JSON; integers past int64 stay exact as text (Arrow would round them to doubles).
         return pa.array([_json_text(v) for v in values], pa.string())
     return array
 
@@ -84,5 +98,5 @@ def _declared(name: str, values: list[Any], kind: str, records: Sequence[Mapping
 
 
 def _snippet(value: Any, limit: int = 200) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, bytes) else value.decode(errors="replace")
+    text = (_json_text(value) if not isinstance(value, str) else json.dumps(value)) or "null"
     return text[:limit] + ("..." if len(text) > limit else "")

@@ -6,6 +6,8 @@ import email.utils
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.httpkit.budget import Budget
 from connectors.httpkit.components import (
@@ -16,7 +18,7 @@ from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed, classify, retry
 from connectors.httpkit.paginate import (
     LoopGuard, Page, PageRequest, check_first_page, links, next_request, page_count,
 )
-from connectors.httpkit.records import to_batch
+from connectors.httpkit.records import loads, to_batch
 from engine.secrets import Redactor
 
 
@@ -155,3 +157,39 @@ def test_a_paginator_that_does_not_match_fails_at_the_first_page() -> None:
     with pytest.raises(HttpFailed, match=r"its total is not at \[total\]"):
         check_first_page(offset, Page(PageRequest("https://x/r"), {}, {"rows": [{}], "rowCount": 1}, [{}]), where="u")
     check_first_page(offset, Page(PageRequest("https://x/r"), {}, {"rows": [{}], "total": 1}, [{}]), where="u")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(st.dictionaries(st.sampled_from(["id", "a", "b", "n"]), json_values, max_size=4), max_size=6),
+       declared=st.dictionaries(st.sampled_from(["id", "a"]), st.sampled_from(["string", "int64", "float64", "bool",
+                                                                               "json"]), max_size=2))
+def test_any_json_records_become_a_batch_or_a_named_error(records, declared) -> None:
+    """RELIABILITY 16 for bronze: hostile values (huge integers, mixed types, nesting) never crash a reader."""
+    try:
+        batch = to_batch(records, declared, where="https://api/x")
+    except HttpFailed as exc:
+        assert "https://api/x" in str(exc) and "declared type" in str(exc)
+        return
+    # Every record is a row, unless no record has any field at all (then there is nothing to land).
+    assert batch.num_rows == (len(records) if batch.num_columns else 0)
+    types = {"string": pa.string(), "json": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
+             "bool": pa.bool_()}
+    for name, kind in declared.items():
+        assert batch.schema.field(name).type == types[kind]
+
+
+def test_a_body_that_is_not_json_is_a_value_error_and_big_integers_are_json() -> None:
+    for body in (b'[{"id": 1}', b'\xff\xfe', b'[NaN]', b''):
+        with pytest.raises(ValueError):
+            loads(body)
+    records = loads(b'[{"id": 18446744073709551616, "n": 1}]')
+    batch = to_batch(records, {}, where="u")
+    assert batch.column("id").to_pylist() == ["18446744073709551616"] and batch.column("n").to_pylist() == [1]
