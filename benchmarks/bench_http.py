@@ -346,13 +346,15 @@ def table(group: list[Measured]) -> str:
     peer = next((m for m in group if m.run == PEER), None)
     lines = [f"**{group[0].latency_ms} ms per page**", "",
              "| side | read (repos x issues) | issues served | rows landed | seconds | rows/s | requests/s"
-             " | peak memory (MiB) | rows/s vs peer |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             " | peak memory (MiB) | CPU µs per row | rows/s vs peer |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in group:
         ratio = f"{m.rows_per_second / peer.rows_per_second:.1f}x" if peer else "-"
         busy = " (busy machine)" if m.machine_busy else ""
+        cpu = f"{m.cpu_run / m.rows * 1e6:,.0f}" if m.rows else "-"
         lines.append(f"| {m.run}{busy} | {m.workload} | {m.issues:,} | {m.rows:,} | {m.seconds:.1f}"
-                     f" | {m.rows_per_second:,.0f} | {m.requests_per_second:,.0f} | {m.peak_mib:,.0f} | {ratio} |")
+                     f" | {m.rows_per_second:,.0f} | {m.requests_per_second:,.0f} | {m.peak_mib:,.0f} | {cpu}"
+                     f" | {ratio} |")
     return "\n".join(lines)
 
 
