@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
 
 from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
-    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, reap, wait_idle,
+    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, reap, verdict, wait_idle, write_results,
 )
 
 WARM = "engine, Ray up"
@@ -400,20 +400,14 @@ def main() -> None:
     print(f"\nmemory measure: {measure_note}; sampled every {SAMPLE_S} s over the run's whole process tree;"
           " the PostgreSQL server is left out (shared by both runs)")
     for ok, text in checks:
-        print(f"{'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}  {text}")
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"bench_bronze-{datetime.now().strftime('%Y%m%d-%H%M%S')}.md"
-    path.write_text(
-        f"# bench_bronze, {datetime.now().isoformat(timespec='seconds')}\n\n"
+        print(f"{verdict(ok)}  {text}")
+    path = write_results(
+        "bench_bronze",
         f"Postgres: {redact_url(admin)}; {os.cpu_count()} CPUs; partition_rows {args.partition_rows:,};"
         f" commit_rows {args.commit_rows:,}; seed {args.seed}; {args.repeat} run(s) of each side per size, the"
-        f" fastest kept.\n\n{report}\n\n"
-        f"Memory measure: {measure_note}, sampled every {SAMPLE_S} s; PostgreSQL server processes left out.\n\n"
-        + "\n".join(f"- {'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}: {t}" for ok, t in checks)
-        + "\n\nDetails:\n\n" + "\n".join(f"- {d}" for d in details) + "\n",
-        encoding="utf-8",
-    )
+        " fastest kept.", report,
+        f"Memory measure: {measure_note}, sampled every {SAMPLE_S} s; PostgreSQL server processes left out.",
+        checks, details)
     print(f"\nwritten to {path.relative_to(ROOT)}")
     if server is not None:
         del server

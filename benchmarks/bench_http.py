@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -49,7 +48,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
 
 from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
-    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, fresh_database, reap, wait_idle,
+    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, fresh_database, reap, verdict, wait_idle,
+    write_results,
 )
 
 TOKEN = "bench-http-token"
@@ -470,25 +470,18 @@ def main() -> None:
     measure_note = ("PSS (proportional set size: shared pages split between the processes mapping them)"
                     if measures == {"pss"} else "RSS (PSS unavailable here; shared pages counted once per process)")
     report = "\n\n".join(reports)
-    lines = [f"{'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}  {text}" for ok, text in checks]
+    lines = [f"{verdict(ok)}  {text}" for ok, text in checks]
     minutes = (time.perf_counter() - started) / 60
     print("\n" + report)
     print(f"\nrows: non-PR issues landed (dlt in Postgres; the engine in bronze Delta and Postgres). requests/s:"
           f" the emulator's request count during the run over its seconds. memory: {measure_note}, sampled every"
           f" {SAMPLE_S} s over the side's process tree; the emulator and the PostgreSQL server are left out.")
     print("\n".join(lines))
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"bench_http-{datetime.now().strftime('%Y%m%d-%H%M%S')}.md"
-    path.write_text(
-        f"# bench_http, {datetime.now().isoformat(timespec='seconds')}\n\n{header}; {minutes:.1f} minutes in all."
-        f"\n\n{report}\n\nRows: non-PR issues landed. Requests/s: the emulator's request count during the run"
-        f" over its seconds. Memory: {measure_note}, sampled every {SAMPLE_S} s over the side's process tree;"
-        " the emulator and the PostgreSQL server are left out.\n\n"
-        + "\n".join(f"- {'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}: {t}" for ok, t in checks)
-        + "\n\nDetails:\n\n" + "\n".join(f"- {d}" for d in details) + "\n",
-        encoding="utf-8",
-    )
+    path = write_results(
+        "bench_http", f"{header}; {minutes:.1f} minutes in all.", report,
+        "Rows: non-PR issues landed. Requests/s: the emulator's request count during the run over its seconds."
+        f" Memory: {measure_note}, sampled every {SAMPLE_S} s over the side's process tree; the emulator and the"
+        " PostgreSQL server are left out.", checks, details)
     print(f"\nwritten to {path.relative_to(ROOT)} ({minutes:.1f} minutes in all)")
     if server is not None:
         del server

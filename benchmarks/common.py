@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -267,3 +268,23 @@ def fresh_database(admin_url: str, *, prefix: str = "ipai_bench") -> Iterator[tu
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def verdict(ok: bool | None) -> str:
+    return "SKIP" if ok is None else "PASS" if ok else "FAIL"
+
+
+def write_results(name: str, intro: str, report: str, note: str, checks: list[tuple[bool | None, str]],
+                  details: list[str]) -> Path:
+    """Write one invocation's results to `benchmarks/results/<name>-<timestamp>.md`; return the path."""
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.now()
+    path = out_dir / f"{name}-{now.strftime('%Y%m%d-%H%M%S')}.md"
+    path.write_text(
+        f"# {name}, {now.isoformat(timespec='seconds')}\n\n{intro}\n\n{report}\n\n{note}\n\n"
+        + "\n".join(f"- {verdict(ok)}: {t}" for ok, t in checks)
+        + "\n\nDetails:\n\n" + "\n".join(f"- {d}" for d in details) + "\n",
+        encoding="utf-8",
+    )
+    return path

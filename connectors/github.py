@@ -24,7 +24,7 @@ from connectors.httpkit.components import (
     ParentPartitioner, RateLimit, RetryPolicy, ValuesPartitioner,
 )
 from connectors.httpkit.stream import HttpApi, HttpStream
-from engine.spec import ConnectorSpec, SpecModel
+from engine.spec import ConnectorSpec, SpecModel, repeated
 
 HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 RULES = (
@@ -65,9 +65,9 @@ class GitHubSource(SpecModel):
         bad = [r for r in self.repos if r.count("/") != 1 or r.startswith("/") or r.endswith("/")]
         if bad:
             raise ValueError(f"repos must be owner/name; not: {', '.join(bad)}")
-        repeated = sorted({r for r in self.repos if self.repos.count(r) > 1})
-        if repeated:
-            raise ValueError(f"repos listed more than once: {', '.join(repeated)}")
+        twice = repeated(self.repos)
+        if twice:
+            raise ValueError(f"repos listed more than once: {', '.join(twice)}")
         return self
 
 

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import ray
@@ -195,7 +195,7 @@ class _Run:
                 self._start_writers()
             self._loop()
             if self.deferred is not None:
-                return self._defer(self.deferred, t0)
+                self._defer(self.deferred, t0)
             self.timings["total_s"] = round(time.monotonic() - t0, 3)
             self._save_progress()
             control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings)
@@ -203,7 +203,7 @@ class _Run:
                      rows=self.progress.rows, rows_by_stream=self.progress.rows_by_stream)
             return self._result("succeeded", t0)
         except KeyboardInterrupt:
-            self._drain_after_interrupt()
+            self._drain_writes()
             msg = "cancelled by the user; committed partitions stay committed and the next run resumes"
             self._end("cancelled", msg, t0)
             raise RunCancelled(f"run {self.run_id} {msg}", run_id=self.run_id) from None
@@ -217,7 +217,7 @@ class _Run:
         except RunDeferred:
             raise
         except SourceDeferred as exc:  # raised while planning; a read's deferral ends the loop instead
-            return self._defer(exc, t0)
+            self._defer(exc, t0)
         except IpaiError as exc:
             msg = self.redact(str(exc))
             self._end("failed", msg, t0)
@@ -236,7 +236,7 @@ class _Run:
         ensure_ray(self.settings.ray_address, dashboard=self.options.dashboard)
         self.timings["ray_connect_s"] = round(time.monotonic() - t_ray, 3)
 
-    def _defer(self, exc: SourceDeferred, t0: float) -> RunResult:
+    def _defer(self, exc: SourceDeferred, t0: float) -> NoReturn:
         """Park the run until the source's quota resets: committed partitions stay, the extraction stays open."""
         until = datetime.fromtimestamp(exc.until, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         msg = self.redact(f"deferred until {until}: {exc}")
@@ -469,11 +469,9 @@ class _Run:
 
     # -- ending ---------------------------------------------------------------------------------------
 
-    def _drain_after_interrupt(self) -> None:
-        """Stop reading; let writes already under way finish and record them, so their work is kept."""
-        self._drain_writes()
-
     def _drain_writes(self) -> None:
+        """Stop reading; commit what was read and let writes under way finish, recording them, so their work
+        is kept (after Ctrl-C, or when the source parks the run)."""
         self._cancel_reads()
         for run in self.streams.values():
             if run.pending and run.writer is not None:

@@ -10,7 +10,10 @@ logs, errors or data: `Redactor` masks them in any text that leaves a reader.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +47,6 @@ class LocalSecretStore:
 
     def set(self, name: str, value: str) -> None:
         """Store `value` under `name` atomically (write a 0600 file, then rename over the old one)."""
-        import re
-
         if not re.fullmatch(NAME_PATTERN, name):
             raise ConfigError(f"secret name {name!r} must be lower case letters, digits and _ (start with a letter)")
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -99,9 +100,6 @@ class Redactor:
 
     @classmethod
     def of(cls, secrets: Iterable[str]) -> Redactor:
-        import base64
-        import urllib.parse
-
         forms: set[str] = set()
         for s in secrets:
             if len(s) < 4:

@@ -8,6 +8,8 @@ whose `source_type` is a `Literal` and whose `source` field is that connector's 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from croniter import croniter
@@ -184,10 +186,9 @@ class ConnectorSpec(SpecModel):
     @field_validator("streams")
     @classmethod
     def _unique_streams(cls, value: tuple[StreamSpec, ...]) -> tuple[StreamSpec, ...]:
-        names = [s.name for s in value]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"stream listed more than once: {', '.join(repeated)}")
+        twice = repeated(s.name for s in value)
+        if twice:
+            raise ValueError(f"stream listed more than once: {', '.join(twice)}")
         return value
 
     def stream_mode(self, stream: str) -> SyncMode:
@@ -209,6 +210,12 @@ def selected_streams(spec: ConnectorSpec, offered: list[str]) -> list[str]:
             f"it offers: {', '.join(offered)}"
         )
     return [s.name for s in spec.streams if s.enabled]
+
+
+def repeated(values: Iterable[str]) -> list[str]:
+    """Return the values that occur more than once, sorted."""
+    counts = Counter(values)
+    return sorted(v for v, n in counts.items() if n > 1)
 
 
 def redact_url(url: str) -> str:

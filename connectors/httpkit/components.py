@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.spec import SpecModel
+from engine.spec import SpecModel, repeated
 
 JsonPath = tuple[str, ...]
 """A path into a JSON body: keys of objects, or decimal indexes of arrays (`["data", "items"]`)."""
@@ -177,15 +177,16 @@ class ValuesPartitioner(SpecModel):
 
     type: Literal["values"]
     field: str
-    """Name under which the value fills `{field}` in the path and lands in the `_ipai_<field>` column."""
+    """Name under which the value fills `{field}` in the path, and the column it lands in (unless the
+    records carry a field of that name themselves)."""
     values: tuple[str, ...] = Field(min_length=1)
 
     @field_validator("values")
     @classmethod
     def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        repeated = sorted({v for v in value if value.count(v) > 1})
-        if repeated:
-            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        twice = repeated(value)
+        if twice:
+            raise ValueError(f"listed more than once: {', '.join(twice)}")
         return value
 
 

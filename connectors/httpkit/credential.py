@@ -22,7 +22,8 @@ from connectors.httpkit.auth import AccessToken, AnyAuth, TokenExchange, needs_e
 from connectors.httpkit.budget import Budget, Grant
 from connectors.httpkit.components import RateLimit
 from connectors.httpkit.egress import EgressPolicy
-from engine.secrets import LocalSecretStore
+from engine.secrets import LocalSecretStore, secret_refs
+from engine.spec import OAuth2RefreshAuth
 
 NAMESPACE = "ipai"
 
@@ -42,10 +43,12 @@ class CredentialRef:
     @classmethod
     def of(cls, *, scope: str, auth: AnyAuth, rate_limit: RateLimit, max_wait_s: float,
            store: LocalSecretStore, egress: EgressPolicy, secrets: dict[str, str]) -> CredentialRef:
-        """Name the credential by its API, its auth settings and a digest of its secret values."""
+        """Name the credential by its API, its auth settings and a digest of its fixed secret values (a
+        refresh token rotates: it is the same credential before and after)."""
+        fixed = _names(auth) - ({auth.refresh_token.secret} if isinstance(auth, OAuth2RefreshAuth) else set())
         digest = hashlib.sha256()
         for part in (scope, auth.model_dump_json(), rate_limit.model_dump_json(),
-                     *sorted(f"{k}={v}" for k, v in secrets.items() if k in _names(auth))):
+                     *sorted(f"{k}={v}" for k, v in secrets.items() if k in fixed)):
             digest.update(part.encode())
             digest.update(b"\0")
         idle = float(os.environ.get("IPAI_CREDENTIAL_IDLE_S", "300"))
@@ -60,8 +63,6 @@ class CredentialRef:
 
 
 def _names(auth: AnyAuth) -> set[str]:
-    from engine.secrets import secret_refs
-
     return {ref.secret for _, ref in secret_refs(auth)}
 
 

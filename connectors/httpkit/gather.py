@@ -5,7 +5,8 @@ and the re-reading of cursor values that tie across pages.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +19,8 @@ from engine.protocol import Partition
 from engine.secrets import Redactor
 
 BATCH_ROWS = 5_000
+Fetch = Callable[[PageRequest], Awaitable[list[Any]]]
+"""Sends one page request and returns the page's records (already gathered by the caller)."""
 
 
 class Ties:
@@ -34,25 +37,43 @@ class Ties:
         self.members: set[tuple[Any, ...]] = set()
         self.pages = 0
 
-    async def after_page(self, page: Page, nxt: PageRequest | None,
-                         reread: Callable[[Any], Any]) -> None:
+    async def after_page(self, page: Page, nxt: PageRequest | None, fetch: Fetch) -> None:
+        """Note the page's records; once the read moves past a value that spanned pages, re-read it with
+        `fetch` (which returns a page's records) until a pass sees none of its records leave."""
         p = self.paginator
         value = page.request.params.get(p.param)
         if value != self.value:
             self.value, self.members, self.pages = value, set(), 0
         self.pages += 1
-        self.members |= {tuple(r.get(k) for k in self.spec.primary_key) for r in page.records
-                         if isinstance(r, dict) and str(dig(r, self.path)) == str(value)}
+        self.members |= self._keys(page.records, value)
         stays = nxt is not None and nxt.params.get(p.param) == value
         if stays or self.pages < 2 or value is None:
             return
         before = self.members
         for _ in range(self.MAX_PASSES):
-            now = await reread(value)
+            now = await self._reread(page.request, value, fetch)
             if before <= now:
                 break  # nobody left during the pass: nothing was shifted out of sight
             before = now
         self.value, self.members, self.pages = None, set(), 0
+
+    async def _reread(self, request: PageRequest, value: Any, fetch: Fetch) -> set[tuple[Any, ...]]:
+        """Read every page of the records whose cursor is `value`; return their keys."""
+        p = self.paginator
+        req: PageRequest | None = replace(
+            request, params={**{k: v for k, v in request.params.items() if k != p.page_param}, p.param: value})
+        members: set[tuple[Any, ...]] = set()
+        while req is not None:
+            records = await fetch(req)
+            same = self._keys(records, value)
+            members |= same
+            full = len(records) >= p.size and len(same) == len(records)
+            req = req.with_param(p.page_param, int(req.params.get(p.page_param, 1)) + 1) if full else None
+        return members
+
+    def _keys(self, records: list[Any], value: Any) -> set[tuple[Any, ...]]:
+        return {tuple(r.get(k) for k in self.spec.primary_key) for r in records
+                if isinstance(r, dict) and str(dig(r, self.path)) == str(value)}
 
 
 class Batches:

@@ -13,8 +13,10 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import ray
@@ -35,7 +37,8 @@ USER_AGENT = "ipai-data-connectors/0.1 (+https://github.com/ipai)"
 MAX_REDIRECTS = 5
 RATE_LIMITED_RETRIES = 60
 ADVICE = {
-    401: "the credential was refused even after a fresh token; check it and store it again with `ipai secret set`",
+    401: "the credential was refused (for OAuth, a freshly exchanged token too); check it and store it again "
+         "with `ipai secret set`",
     403: "the credential is not allowed to read this; check its scopes or permissions",
     404: "no such resource, or the credential cannot see it (some APIs answer 404 for private resources)",
 }
@@ -94,13 +97,11 @@ class Requester:
     def __init__(
         self, *, session: aiohttp.ClientSession, actor: CredentialHandle, tokens: Tokens | None, headers: dict[str, str],
         params: dict[str, str], rules: Sequence[ErrorRule], retry: RetryPolicy, rate_limit: RateLimit,
-        egress: EgressPolicy, redact: Redactor, observe_body: Callable[[Response], None] | None = None,
+        egress: EgressPolicy, redact: Redactor,
     ) -> None:
         self.session, self.actor, self.tokens = session, actor, tokens
         self.headers, self.params, self.rules = headers, params, tuple(rules)
         self.retry, self.rate_limit, self.egress, self.redact = retry, rate_limit, egress, redact
-        self.observe_body = observe_body
-        self.requests = 0
         self.clear_until = 0.0
         self.asking = asyncio.Lock()
 
@@ -168,8 +169,7 @@ class Requester:
             try:
                 self.egress.check_url(url)
             except EgressRefused as exc:
-                raise HttpFailed(f"request to {self._clean(url)} refused: {exc}") from None
-            self.requests += 1
+                raise HttpFailed(f"request to {self.redact(url)} refused: {exc}") from None
             try:
                 async with self.session.request(
                     method, url, params={k: _text(v) for k, v in params.items()} or None, json=body,
@@ -179,9 +179,9 @@ class Requester:
                     data = await resp.read()
                     out = Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data, str(resp.url))
             except EgressRefused as exc:
-                raise HttpFailed(f"request to {self._clean(url)} refused: {exc}") from None
+                raise HttpFailed(f"request to {self.redact(url)} refused: {exc}") from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise HttpRetryable(f"{method} {self._clean(url)}: {type(exc).__name__} {self.redact(str(exc))}"
+                raise HttpRetryable(f"{method} {self.redact(url)}: {type(exc).__name__} {self.redact(str(exc))}"
                                     .strip()) from None
             if out.status in (301, 302, 303, 307, 308) and "location" in out.headers:
                 url, params = urljoin(out.url, out.headers["location"]), {}
@@ -189,20 +189,22 @@ class Requester:
                     method, body = "GET", None
                 continue
             return out
-        raise HttpFailed(f"{self._clean(request.url)}: more than {MAX_REDIRECTS} redirects")
+        raise HttpFailed(f"{self.redact(request.url)}: more than {MAX_REDIRECTS} redirects")
+
+    def _reset_at(self, headers: dict[str, str]) -> float | None:
+        """When the API says its rate-limit window resets (epoch seconds), if it says."""
+        rl = self.rate_limit
+        value = headers.get(rl.reset_header) if rl.reset_header else None
+        try:
+            return None if value is None else float(value) + (time.time() if rl.reset_kind == "delta_seconds" else 0.0)
+        except ValueError:
+            return None
 
     def _observe(self, response: Response) -> None:
         rl = self.rate_limit
-        if self.observe_body is not None:
-            self.observe_body(response)
-        if not (rl.remaining_header and rl.reset_header):
-            return
-        remaining, reset = response.headers.get(rl.remaining_header), response.headers.get(rl.reset_header)
-        if remaining is None or reset is None or not remaining.isdigit():
-            return
-        try:
-            reset_at = float(reset) + (time.time() if rl.reset_kind == "delta_seconds" else 0.0)
-        except ValueError:
+        remaining = response.headers.get(rl.remaining_header) if rl.remaining_header else None
+        reset_at = self._reset_at(response.headers)
+        if remaining is None or not remaining.isdigit() or reset_at is None:
             return
         limit_text = response.headers.get("x-ratelimit-limit", "")
         limit = int(limit_text) if limit_text.isdigit() else None
@@ -216,7 +218,7 @@ class Requester:
         text = response.body.decode("utf-8", errors="replace")
         rule = classify(self.rules, response.status, response.headers, text)
         action = rule.action if rule else ("retry" if response.status >= 500 else "fail")
-        where = f"{request.method} {self._clean(response.url)}"
+        where = f"{request.method} {self.redact(response.url)}"
         said = self.redact(api_message(text))
         if action == "ignore":
             return Response(response.status, response.headers, b"", response.url)
@@ -254,25 +256,15 @@ class Requester:
         if rule is not None and rule.wait_s is not None:
             return rule.wait_s
         rl = self.rate_limit
-        if rl.remaining_header and response.headers.get(rl.remaining_header) == "0" and rl.reset_header:
-            reset = response.headers.get(rl.reset_header, "")
-            try:
-                value = float(reset)
-                return max(1.0, value - time.time() if rl.reset_kind == "epoch_seconds" else value)
-            except ValueError:
-                pass
+        reset_at = self._reset_at(response.headers)
+        if rl.remaining_header and response.headers.get(rl.remaining_header) == "0" and reset_at is not None:
+            return max(1.0, reset_at - time.time())
         # GitHub's secondary limits without a header: wait at least a minute, backing off (github.md s.7).
         return 60.0 * 2 ** min(counts["limited"], 4)
-
-    def _clean(self, url: str) -> str:
-        return self.redact(url)
 
 
 def seconds_to_reset(every: str, tz: str, now: float) -> float:
     """Seconds from `now` to the next full hour, or the next midnight in time zone `tz`."""
-    from datetime import datetime, timedelta
-    from zoneinfo import ZoneInfo
-
     moment = datetime.fromtimestamp(now, ZoneInfo(tz))
     if every == "hour":
         boundary = moment.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)

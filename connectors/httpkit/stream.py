@@ -254,11 +254,9 @@ class HttpReader:
             await self._follow(requester, first, partition, out)
             return
         text = str(where["pages"])
-        open_end = text.endswith("+") or text.endswith("-")
-        lo_text, _, hi_text = text.rstrip("+").partition("-")
-        lo = int(lo_text)
-        last = int(hi_text) if hi_text else lo + self.stream.api.concurrency - 1
-        numbers = list(range(lo, last + 1))
+        open_end = text.endswith("+")
+        lo, _, last = text.rstrip("+").partition("-")
+        numbers = list(range(int(lo), int(last) + 1))
         sem = asyncio.Semaphore(self.stream.api.concurrency)
 
         async def fetch(n: int) -> Page:
@@ -283,6 +281,12 @@ class HttpReader:
         paginator = self._paginator(partition)
         first, identity = True, request.identity() if request is not None else ""
         ties = Ties(self.spec, paginator) if isinstance(paginator, CursorParamPaginator) else None
+
+        async def fetch(req: PageRequest) -> list[Any]:  # a page re-read for `ties`, gathered like the others
+            again = self._page(req, await requester.send(req), partition)
+            out.add(again.records, req)
+            return again.records
+
         while request is not None:
             guard.check(request)
             known = self.etags.get(identity) if first else None
@@ -299,28 +303,11 @@ class HttpReader:
                 last is not None and self.spec.incremental) else None
             nxt = None if out.stopped else next_request(paginator, page, cursor_value=cursor)
             if ties is not None and self.spec.primary_key:
-                await ties.after_page(page, nxt, lambda value: self._tie_members(
-                    requester, paginator, page.request, value, partition, out))
+                await ties.after_page(page, nxt, fetch)
             request = nxt
             if first and request is None and response.headers.get("etag") and self._same_each_run():
                 self.new_etags[identity] = response.headers["etag"]  # the whole partition was this one page
             first = False
-
-    async def _tie_members(self, requester: Requester, paginator: CursorParamPaginator, request: PageRequest,
-                           value: Any, partition: Partition, out: Batches) -> set[tuple[Any, ...]]:
-        """Re-read every page of the records whose cursor is `value`; return their keys (new ones are kept)."""
-        req: PageRequest | None = replace(request, params={
-            **{k: v for k, v in request.params.items() if k != paginator.page_param}, paginator.param: value})
-        members: set[tuple[Any, ...]] = set()
-        path = tuple(paginator.field.split("."))
-        while req is not None:
-            page = self._page(req, await requester.send(req), partition)
-            out.add(page.records, req)
-            same = [r for r in page.records if isinstance(r, dict) and str(dig(r, path)) == str(value)]
-            members |= {tuple(r.get(k) for k in self.spec.primary_key) for r in same}
-            full = len(page.records) >= paginator.size and len(same) == len(page.records)
-            req = req.with_param(paginator.page_param, int(req.params.get(paginator.page_param, 1)) + 1) if full else None
-        return members
 
     def _same_each_run(self) -> bool:
         """Whether a partition's first request is the same in every run (its lower bound is not sent), so
@@ -351,9 +338,10 @@ class HttpReader:
                 request = request.with_param(windows.start_param, lower)
             if windows.end_param and upper is not None:
                 request = request.with_param(windows.end_param, upper)
-        request = first_request(self._paginator(partition), request)
-        if isinstance(self._paginator(partition), CursorParamPaginator) and lower is not None:
-            request = request.with_param(self._paginator(partition).param, lower)
+        paginator = self._paginator(partition)
+        request = first_request(paginator, request)
+        if isinstance(paginator, CursorParamPaginator) and lower is not None:
+            request = request.with_param(paginator.param, lower)
         if self.stream.prepare is not None:
             request = self.stream.prepare(request, partition)
         return request
@@ -386,5 +374,5 @@ class HttpReader:
 
 
 def _from_cursor(partition: Partition) -> bool:
-    """A partition reads from a stored cursor when its window is open below but starts somewhere."""
+    """Whether a partition reads from a lower bound (a stored cursor or the start), not a range of pages."""
     return partition.window[0] is not None and not any(k == "pages" for k, _ in partition.where)

@@ -50,7 +50,7 @@ def read_from(api: ModelApi, lower: str | None, during: list[tuple[int, datetime
                           incremental=Incremental(cursor_field="updated_at", param="since", paginator=paginator))
     seen: set[tuple[int, str]] = set()
 
-    def fetch(params: dict[str, object]) -> list[dict[str, object]]:
+    def get(params: dict[str, object]) -> list[dict[str, object]]:
         records = api.get(params)
         seen.update((r["id"], r["updated_at"]) for r in records)  # type: ignore[misc]
         if during:
@@ -58,25 +58,18 @@ def read_from(api: ModelApi, lower: str | None, during: list[tuple[int, datetime
             api.records[i] = moment
         return records
 
-    async def reread(value: object) -> set[tuple[object, ...]]:
-        members, page = set(), 1
-        while True:
-            records = fetch({"since": value, "page": page, "per_page": PER_PAGE})
-            same = [r for r in records if r["updated_at"] == value]
-            members |= {(r["id"],) for r in same}
-            if len(records) < PER_PAGE or len(same) < len(records):
-                return members
-            page += 1
+    async def fetch(request: PageRequest) -> list[dict[str, object]]:  # what the reader does for `Ties`
+        return get(request.params)
 
     async def follow() -> None:
         request: PageRequest | None = PageRequest("model", {"per_page": PER_PAGE, **({"since": lower} if lower else {})})
         guard, ties = LoopGuard(), Ties(spec, paginator)
         while request is not None:
             guard.check(request)
-            records = fetch(request.params)
+            records = get(request.params)
             page = Page(request, {}, records, records)
             nxt = next_request(paginator, page, cursor_value=records[-1]["updated_at"] if records else None)
-            await ties.after_page(page, nxt, reread)
+            await ties.after_page(page, nxt, fetch)
             request = nxt
 
     asyncio.run(follow())

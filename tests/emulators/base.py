@@ -14,7 +14,7 @@ Every API request goes through one pipeline, in this order:
 
 Admin routes (JSON, not logged, never faulted):
 
-    GET    /_emulator/log?since=N      {"entries": [...]} with i >= N
+    GET    /_emulator/log?since=N      {"entries": [...]} with i >= N (each with the request's JSON `body`)
     DELETE /_emulator/log              clear the log and the stats counters
     GET    /_emulator/faults           current fault settings
     POST   /_emulator/faults           merge a JSON object into them (see faults.py); returns the settings
@@ -173,8 +173,10 @@ class Emulator:
                 reply, credential, violation = await self._answer(request, route, counted, arrival)
             finally:
                 self.log.request_finished()
+            asked = await request.read() if request.body_exists else b""
             self.log.record(arrival, request.method, request.path, request.query_string, status=reply.status,
-                            credential=credential, size=len(reply.body), violation=violation, note=reply.note)
+                            credential=credential, size=len(reply.body), violation=violation, note=reply.note,
+                            body=asked)
             return web.Response(status=reply.status, body=reply.body or None, headers=reply.headers)
         return handle
 

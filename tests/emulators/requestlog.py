@@ -8,12 +8,15 @@ request since the last `clear()`, whatever the log dropped.
 from __future__ import annotations
 
 import hashlib
+import json
 import itertools
 from collections import Counter, deque
 from typing import Any
 from urllib.parse import parse_qsl
 
-FIELDS = ("i", "t", "method", "path", "query", "status", "credential", "bytes", "violation", "note")
+FIELDS = ("i", "t", "method", "path", "query", "status", "credential", "bytes", "violation", "note", "body")
+BODY_LIMIT = 8192
+"""Request bodies up to this size are kept (JSON parsed when read): what a POST API such as GA4 was asked."""
 
 
 def credential_id(token: str | None) -> str | None:
@@ -21,6 +24,15 @@ def credential_id(token: str | None) -> str | None:
     if token is None:
         return None
     return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def _json_or_text(body: bytes | None) -> Any:
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
 
 
 class RequestLog:
@@ -39,9 +51,11 @@ class RequestLog:
         self._max_in_flight = 0
 
     def record(self, t: float, method: str, path: str, query: str, *, status: int, credential: str | None,
-               size: int, violation: bool, note: str | None) -> None:
-        """Log one answered request; `query` is the raw query string (parsed only when read)."""
-        self._entries.append((self._next, t, method, path, query, status, credential, size, violation, note))
+               size: int, violation: bool, note: str | None, body: bytes = b"") -> None:
+        """Log one answered request; `query` is the raw query string and `body` the raw request body (parsed
+        only when read; kept up to BODY_LIMIT bytes)."""
+        kept = body if 0 < len(body) <= BODY_LIMIT else None
+        self._entries.append((self._next, t, method, path, query, status, credential, size, violation, note, kept))
         self._next += 1
         self._by_status[status] += 1
         if note:
@@ -57,6 +71,7 @@ class RequestLog:
         rows = [dict(zip(FIELDS, row)) for row in itertools.islice(self._entries, skip, None)]
         for row in rows:
             row["query"] = dict(parse_qsl(row["query"], keep_blank_values=True))
+            row["body"] = _json_or_text(row["body"])
         return rows
 
     def clear(self) -> None:
