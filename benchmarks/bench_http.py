@@ -130,6 +130,7 @@ def run_engine(url: str, share: Share, db_url: str, work: Path, *, pages_per_par
     from engine.db import Database
     from engine.driver import run_sync
     from engine.raytime import ensure_ray
+    from engine.secrets import set_secret
     from engine.specload import parse_spec
 
     text = SPEC_TEMPLATE.format(url=url, repos=", ".join(share.repos), per_page=PER_PAGE,
@@ -137,6 +138,7 @@ def run_engine(url: str, share: Share, db_url: str, work: Path, *, pages_per_par
                                 pacing="" if paced else UNPACED)
     settings = Settings(home=work / "home", database_url=db_url, lakehouse_uri=str(work / "lakehouse"),
                         ray_address=None)
+    set_secret(Database(db_url), settings.home, "github_token", TOKEN)
     if warm:
         ensure_ray(None)
     t0 = time.perf_counter()
@@ -270,7 +272,7 @@ def measure(run: str, share: Share, bench: Bench) -> Measured:
     work = Path(tempfile.mkdtemp(prefix=f"ipai-bench-http-{run.replace(', ', '-').replace(' ', '-')}-"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the engine starts its own local Ray
     env.update(IPAI_DEV_MODE="1",  # plain http to the loopback emulator
-               IPAI_SECRET_GITHUB_TOKEN=TOKEN, RUNTIME__DLTHUB_TELEMETRY="false")
+               RUNTIME__DLTHUB_TELEMETRY="false")
     try:
         with fresh_database(bench.admin_url, prefix="ipai_bench_http") as (name, db_url):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", run, "--url", bench.emulator.url,

@@ -26,7 +26,7 @@ from rich.table import Table
 from engine import control, state
 from engine.config import Settings
 from engine.db import Database, migrate, open_database
-from engine.errors import ConfigError, IpaiError, RunCancelled, RunConflict, RunDeferred, SpecError
+from engine.errors import ConfigError, IpaiError, NotFound, RunCancelled, RunConflict, RunDeferred, SpecError
 from engine.spec import ConnectorSpec, redact_url
 
 app = typer.Typer(help="IPAI Data Connectors: parallel ELT into a Delta lakehouse and Postgres, on Ray.",
@@ -41,8 +41,10 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(state_app, name="state")
 app.add_typer(db_app, name="db")
 app.add_typer(ray_app, name="ray")
-secret_app = typer.Typer(help="Secrets that specs reference as {secret: NAME}.", no_args_is_help=True)
+secret_app = typer.Typer(help="Secrets in the Vault that specs reference as {secret: NAME}.", no_args_is_help=True)
 app.add_typer(secret_app, name="secret")
+tenant_app = typer.Typer(help="Tenants (admin): who owns connectors, runs and secrets.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
 
 # Piped output is read by scripts and agents: do not cut table cells to a pretend 80-column terminal.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -75,11 +77,24 @@ def main() -> None:
 
 
 @contextmanager
-def _database(settings: Settings, *, quiet: bool = False) -> Iterator[Database]:
+def _database(settings: Settings, *, quiet: bool = False, create_key: bool = False) -> Iterator[Database]:
+    """The control plane, migrated, acting for the settings' tenant and carrying the Vault key if any."""
+    from engine.secrets import is_compat_vault, vault_session
+
     db = open_database(settings)
     if db.embedded_pgdata and not quiet:
         err.print(f"[dim]control plane: embedded PostgreSQL in {db.embedded_pgdata}[/dim]", highlight=False)
-    yield db
+    with db.connect() as conn:
+        migrate(conn)
+        session = vault_session(settings.home, create=create_key and is_compat_vault(conn))
+        if settings.tenant != "local":
+            row = conn.execute("select id from ipai_tenants where name = %s or id::text = %s",
+                               (settings.tenant, settings.tenant)).fetchone()
+            if row is None:
+                raise ConfigError(f"no tenant {settings.tenant!r} (IPAI_TENANT); create it with "
+                                  f"`ipai tenant create {settings.tenant}` or unset IPAI_TENANT for the local one")
+            session["ipai.tenant_id"] = str(row[0])
+    yield db.with_session(session)
 
 
 def _settings(database_url: str | None = None, lakehouse: str | None = None, address: str | None = None) -> Settings:
@@ -218,7 +233,6 @@ def runs(
 ) -> None:
     """List recent runs, newest first."""
     with _database(_settings(database_url)) as db, db.connect() as conn:
-        migrate(conn)
         instance_id = str(control.find_instance(conn, instance)["id"]) if instance else None
         rows = control.list_runs(conn, instance_id=instance_id, limit=limit)
     if as_json:
@@ -249,7 +263,6 @@ def logs(
 ) -> None:
     """Print a run's structured logs, one JSON object per line."""
     with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
-        migrate(conn)
         run = control.get_run(conn, run_id)
         for record in control.get_logs(conn, str(run["id"])):
             out.print(control.format_log(record), highlight=False, soft_wrap=True, markup=False)
@@ -263,7 +276,6 @@ def state_show(
 ) -> None:
     """Show each stream's cursor, committed partitions and any unfinished extraction."""
     with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
-        migrate(conn)
         inst = control.find_instance(conn, instance, env=env)
         rows = state.show(conn, str(inst["id"]))
     table = Table(title=f"{inst['name']} ({inst['env']})", title_justify="left")
@@ -286,7 +298,6 @@ def state_reset(
 ) -> None:
     """Forget cursors and committed partitions: the next run re-reads from the beginning."""
     with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
-        migrate(conn)
         inst = control.find_instance(conn, instance, env=env)
         what = f"stream {stream} of {inst['name']}" if stream else f"every stream of {inst['name']}"
         if not yes and not typer.confirm(f"Reset the sync state of {what} ({inst['env']})?"):
@@ -301,10 +312,11 @@ def state_reset(
 @db_app.command("migrate")
 def db_migrate(database_url: DatabaseOpt = None) -> None:
     """Apply control-plane migrations not yet applied (safe to repeat)."""
-    with _database(_settings(database_url)) as db, db.connect() as conn:
+    db = open_database(_settings(database_url))
+    with db.connect() as conn:
         applied = migrate(conn)
     out.print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied
-              else f"up to date ({db.display_url})", highlight=False)
+              else f"up to date ({db.display_url})", highlight=False, soft_wrap=True)
 
 
 @spec_app.command("validate")
@@ -454,9 +466,10 @@ def _demo_spec(orders: int, today: int) -> str:
 @secret_app.command("set")
 def secret_set(
     name: Annotated[str, typer.Argument(help="Secret name, as specs reference it ({secret: NAME}).")],
+    database_url: DatabaseOpt = None,
 ) -> None:
-    """Store a secret read from stdin (never from the command line, where shells and `ps` would keep it)."""
-    from engine.secrets import LocalSecretStore
+    """Store a secret in the Vault, read from stdin (never from the command line, where shells and `ps` keep it)."""
+    from engine.secrets import store_secret
 
     if sys.stdin.isatty():
         import getpass
@@ -467,17 +480,159 @@ def secret_set(
     value = value.rstrip("\r\n")
     if not value:
         raise ConfigError(f"no value for secret {name!r} on stdin; pipe it in: `ipai secret set {name} < file`")
-    LocalSecretStore(_settings().home).set(name, value)
-    out.print(f"secret {name} stored", highlight=False)
+    with _database(_settings(database_url), quiet=True, create_key=True) as db, db.connect() as conn:
+        created = store_secret(conn, name, value)
+    out.print(f"secret {name} {'stored' if created else 'replaced'} in the Vault", highlight=False)
 
 
 @secret_app.command("list")
-def secret_list() -> None:
+def secret_list(database_url: DatabaseOpt = None) -> None:
     """List the names of stored secrets (never their values)."""
-    from engine.secrets import LocalSecretStore
+    from engine.secrets import list_secrets
 
-    for name in LocalSecretStore(_settings().home).names():
-        out.print(name, highlight=False)
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        for item in list_secrets(conn):
+            out.print(f"{item['name']}  (updated {str(item['updated_at'])[:19]})", highlight=False)
+
+
+# -- queue: run, worker, scheduler, instances, tenants ----------------------------------------------------
+
+
+@app.command("run")
+def run_queued(
+    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
+    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
+    full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Re-read everything.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until a worker has finished the run.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Queue a run of INSTANCE for the workers (`ipai worker`); print its run id (as `connector_run` does)."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        result = _rpc(conn, "select public.connector_run(%s, %s, %s)", (instance, env, full_refresh))
+        run_id = result["run_id"]
+        out.print(f"run {run_id} {'queued' if result['created'] else 'already ' + result['status']}"
+                  f" for {instance}", highlight=False)
+        if not wait:
+            return
+        while True:
+            run = _rpc(conn, "select public.connector_status(%s)", (run_id,))["run"]
+            if run["status"] not in ("queued", "running"):
+                break
+            time.sleep(1.0)
+    out.print(f"run {run_id} {run['status']}: {run['rows_processed']:,} rows"
+              + (f"; {run['error']}" if run["error"] else ""), highlight=False, soft_wrap=True)
+    if run["status"] != "succeeded":
+        raise typer.Exit(75 if run["status"] == "deferred" else 1)
+
+
+def _rpc(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]  # our own fixed statements
+    result: dict[str, Any] = row[0] if row else {}
+    if not result.get("ok"):
+        error = result.get("error") or {}
+        raise IpaiError(f"{error.get('code', 'error')}: {error.get('message', 'no answer')}")
+    return result
+
+
+@app.command()
+def worker(
+    lease: Annotated[float, typer.Option(help="Seconds a run's lease lasts between heartbeats.")] = 60.0,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the queue (a NOTIFY wakes it sooner).")] = 2.0,
+    max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs.")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="Stop after this many seconds without work.")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address "
+                       "(default: RAY_ADDRESS, else a local Ray).", show_default=False)] = None,
+    database_url: DatabaseOpt = None,
+    lakehouse: LakehouseOpt = None,
+) -> None:
+    """Take queued runs and run them on Ray, one at a time, until stopped (SIGTERM finishes the current run)."""
+    from engine.worker import Worker
+
+    Worker(_settings(database_url, lakehouse, address), lease_s=lease, poll_s=poll, max_runs=max_runs,
+           idle_exit_s=idle_exit).serve()
+
+
+@app.command()
+def scheduler(
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the schedules.")] = 5.0,
+    ticks: Annotated[int | None, typer.Option(hidden=True)] = None,
+    simulate_from: Annotated[str | None, typer.Option(hidden=True, help="Drills: start a fast clock here (ISO).")] = None,
+    speed: Annotated[float, typer.Option(hidden=True, help="Drills: how much faster the clock runs.")] = 1.0,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Enqueue each enabled instance's runs when its cron schedule comes due (several may run: each fire time
+    is enqueued once)."""
+    from datetime import datetime
+
+    from engine.scheduler import Scheduler, fast_clock
+
+    clock = fast_clock(datetime.fromisoformat(simulate_from), speed) if simulate_from else (lambda: None)
+    Scheduler(_settings(database_url), interval_s=interval, clock=clock).serve(ticks=ticks)
+
+
+@app.command()
+def instances(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """List connector instances with their schedule, next run time and latest run."""
+    from engine.scheduler import next_runs
+
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        rows = next_runs(conn)
+    if as_json:
+        for r in rows:
+            out.print(json.dumps(r, default=str), highlight=False, soft_wrap=True)
+        return
+    if not rows:
+        out.print("no instances yet: `ipai submit SPEC` or the connector_create RPC makes one")
+        return
+    table = Table()
+    for col in ("instance", "source", "version", "status", "schedule (UTC)", "next run", "last run"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        nxt = r["next_run_at"].strftime("%Y-%m-%d %H:%M") if r["next_run_at"] else "-"
+        last = f"{r['last_status']} {r['last_at']:%Y-%m-%d %H:%M}" if r["last_status"] else "-"
+        table.add_row(f"{r['name']} ({r['env']})", r["type"], str(r["version"]), r["status"], r["schedule"] or "manual",
+                      nxt, last)
+    out.print(table)
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="Tenant name: lower case letters, digits and _.")],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Create a tenant (an admin command: needs the database owner's connection)."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        try:
+            row = conn.execute("insert into ipai_tenants (name) values (%s) on conflict (name) do update"
+                               " set name = excluded.name returning id", (name,)).fetchone()
+        except psycopg.errors.CheckViolation:
+            raise ConfigError(f"tenant name {name!r}: lower case letters, digits and _, starting with a letter") from None
+    assert row is not None
+    out.print(f"tenant {name}: {row[0]}", highlight=False)
+
+
+@tenant_app.command("add-user")
+def tenant_add_user(
+    name: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    user_id: Annotated[str, typer.Argument(help="The user's Supabase auth id (the JWT's sub).")],
+    owner: Annotated[bool, typer.Option("--owner", help="Make the user an owner of the tenant.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Let a Supabase user see and run the tenant's connectors."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        row = conn.execute("select id from ipai_tenants where name = %s or id::text = %s", (name, name)).fetchone()
+        if row is None:
+            raise NotFound(f"no tenant {name!r}; `ipai tenant create {name}` makes it")
+        try:
+            conn.execute("insert into ipai_tenant_members (tenant_id, user_id, role) values (%s, %s::uuid, %s)"
+                         " on conflict (tenant_id, user_id) do update set role = excluded.role",
+                         (row[0], user_id, "owner" if owner else "member"))
+        except psycopg.errors.InvalidTextRepresentation:
+            raise ConfigError(f"user id {user_id!r} is not a uuid (the sub claim of the user's JWT)") from None
+    out.print(f"user {user_id} added to tenant {name}", highlight=False)
 
 
 if __name__ == "__main__":

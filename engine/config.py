@@ -1,8 +1,10 @@
 """Settings: where the control-plane database, the lakehouse and Ray are.
 
 Command-line options override the environment (`IPAI_DATABASE_URL`, `IPAI_LAKEHOUSE_URI`,
-`RAY_ADDRESS`, `IPAI_HOME`), which overrides `<home>/config.toml`, which overrides the defaults:
-an embedded PostgreSQL in `<home>/pgdata`, a lakehouse folder `<home>/lakehouse`, a local Ray.
+`RAY_ADDRESS`, `IPAI_HOME`, `IPAI_TENANT`, `IPAI_WORKER_DATABASE_URL`), which overrides
+`<home>/config.toml`, which overrides the defaults: an embedded PostgreSQL in `<home>/pgdata`, a lakehouse
+folder `<home>/lakehouse`, a local Ray, the `local` tenant, and workers connecting as the `ipai_worker`
+role to the control-plane database.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.errors import ConfigError
 
-CONFIG_KEYS = ("database_url", "lakehouse_uri", "ray_address")
+CONFIG_KEYS = ("database_url", "lakehouse_uri", "ray_address", "tenant", "worker_database_url")
+WORKER_ROLE = "ipai_worker"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,10 @@ class Settings:
     """None means: start the embedded PostgreSQL in `home / "pgdata"`."""
     lakehouse_uri: str
     ray_address: str | None
+    tenant: str = "local"
+    """Tenant (name or id) whose connectors, runs and secrets the CLI acts on."""
+    worker_database_url: str | None = None
+    """How workers and schedulers connect; None means the control-plane URL as role `ipai_worker`."""
 
     @property
     def embedded_pgdata(self) -> Path:
@@ -55,6 +63,8 @@ class Settings:
             lakehouse_uri=lakehouse,
             ray_address=ray_address or env.get("RAY_ADDRESS") or file_values.get("ray_address")
             or _local_head_address(home),
+            tenant=env.get("IPAI_TENANT") or file_values.get("tenant") or "local",
+            worker_database_url=env.get("IPAI_WORKER_DATABASE_URL") or file_values.get("worker_database_url"),
         )
 
 
@@ -77,3 +87,11 @@ def _read_config(path: Path) -> dict[str, str]:
     if unknown:
         raise ConfigError(f"{path}: unknown key {', '.join(unknown)}; known keys: {', '.join(CONFIG_KEYS)}")
     return {k: str(v) for k, v in data.items()}
+
+
+def as_role(url: str, role: str) -> str:
+    """Return `url` logging in as `role` without a password (trust or peer authentication, as on a local
+    server; elsewhere give the role a password and set IPAI_WORKER_DATABASE_URL)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{role}@{host}", parts.path, parts.query, parts.fragment))

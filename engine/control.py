@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,8 @@ from engine.errors import LeaseLost, NotFound, RunConflict
 from engine.spec import ConnectorSpec
 
 ACTIVE = ("queued", "running")
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+"""Who holds a run: this process (a worker adds its own tag)."""
 LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -26,42 +29,27 @@ class Registered:
 
 
 def register(conn: psycopg.Connection[Any], spec: ConnectorSpec, yaml_text: str) -> Registered:
-    """Store the spec as a definition version (new only if its text changed) and point the instance at it."""
-    digest = hashlib.sha256(yaml_text.encode()).hexdigest()
-    with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"definition:{spec.name}",))
-        row = conn.execute(
-            "select id, version from connector_definitions where name = %s and spec_sha256 = %s",
-            (spec.name, digest),
-        ).fetchone()
-        if row is None:
-            row = conn.execute(
-                "insert into connector_definitions (name, type, yaml_spec, spec_sha256, version)"
-                " select %s, %s, %s, %s, coalesce(max(version), 0) + 1 from connector_definitions"
-                " where name = %s returning id, version",
-                (spec.name, spec.source_type, yaml_text, digest, spec.name),
-            ).fetchone()
-        assert row is not None
-        definition_id, version = str(row[0]), int(row[1])
-        inst = conn.execute(
-            "insert into connector_instances (definition_id, name, env, schedule) values (%s, %s, %s, %s)"
-            " on conflict (name, env) do update set definition_id = excluded.definition_id,"
-            " schedule = excluded.schedule, updated_at = now() returning id",
-            (definition_id, spec.name, spec.env, spec.schedule),
-        ).fetchone()
-        assert inst is not None
-    return Registered(definition_id, str(inst[0]), version)
+    """Store the spec as a definition version of the session's tenant (new only if its text changed) and point
+    the instance at it (`ipai.register`, shared with the `connector_create` RPC)."""
+    row = conn.execute(
+        "select definition_id, instance_id, version from ipai.register(ipai.current_tenant(), %s, %s, %s, %s, %s)",
+        (spec.name, spec.source_type, yaml_text, spec.env, spec.schedule),
+    ).fetchone()
+    assert row is not None
+    return Registered(str(row[0]), str(row[1]), int(row[2]))
 
 
 def start_run(
-    conn: psycopg.Connection[Any], instance_id: str, definition_id: str, *, trigger: str, full_refresh: bool
+    conn: psycopg.Connection[Any], instance_id: str, definition_id: str, *, trigger: str, full_refresh: bool,
+    lease_seconds: float = 120.0,
 ) -> str:
     """Create a running run; refuse with the active run's id when the instance already has one."""
     try:
         row = conn.execute(
             "insert into connector_runs (instance_id, definition_id, status, trigger, full_refresh,"
-            " started_at, heartbeat_at) values (%s, %s, 'running', %s, %s, now(), now()) returning id",
-            (instance_id, definition_id, trigger, full_refresh),
+            " started_at, heartbeat_at, lease_expires_at, worker_id) values (%s, %s, 'running', %s, %s, now(), now(),"
+            " now() + make_interval(secs => %s), %s) returning id",
+            (instance_id, definition_id, trigger, full_refresh, lease_seconds, WORKER_ID),
         ).fetchone()
     except psycopg.errors.UniqueViolation:
         active = conn.execute(
@@ -80,13 +68,14 @@ def start_run(
 
 def update_progress(
     conn: psycopg.Connection[Any], run_id: str, *, rows: int, partitions_done: int, partitions_total: int,
-    rows_by_stream: dict[str, int],
+    rows_by_stream: dict[str, int], lease_seconds: float = 120.0,
 ) -> None:
     """Record progress and renew the run's lease; raise LeaseLost if the run is no longer ours."""
     cur = conn.execute(
         "update connector_runs set rows_processed = %s, partitions_done = %s, partitions_total = %s,"
-        " rows_by_stream = %s, heartbeat_at = now() where id = %s and status = 'running'",
-        (rows, partitions_done, partitions_total, json.dumps(rows_by_stream), run_id),
+        " rows_by_stream = %s, heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => %s)"
+        " where id = %s and status = 'running'",
+        (rows, partitions_done, partitions_total, json.dumps(rows_by_stream), lease_seconds, run_id),
     )
     if cur.rowcount == 0:
         raise LeaseLost(_lease_lost(conn, run_id))
@@ -132,7 +121,8 @@ def find_instance(conn: psycopg.Connection[Any], ref: str, *, env: str | None = 
         rows = cur.execute(
             "select i.*, d.type as source_type, d.version from connector_instances i"
             " join connector_definitions d on d.id = i.definition_id"
-            " where (i.id::text = %s or i.name = %s) and (%s::text is null or i.env = %s) order by i.env",
+            " where (i.id::text = %s or i.name = %s) and (%s::text is null or i.env = %s)"
+            " and i.tenant_id = ipai.current_tenant() order by i.env",
             (ref, ref, env, env),
         ).fetchall()
         if len(rows) == 1:
@@ -140,7 +130,8 @@ def find_instance(conn: psycopg.Connection[Any], ref: str, *, env: str | None = 
         if len(rows) > 1:
             envs = ", ".join(r["env"] for r in rows)
             raise NotFound(f"instance {ref!r} exists in several environments ({envs}); pass --env")
-        known = [r["name"] for r in cur.execute("select name from connector_instances order by name")]
+        known = [r["name"] for r in cur.execute(
+            "select name from connector_instances where tenant_id = ipai.current_tenant() order by name")]
     hint = f"known instances: {', '.join(known)}" if known else "no instance yet: run `ipai submit SPEC` first"
     raise NotFound(f"no connector instance {ref!r}; {hint}")
 
@@ -150,7 +141,8 @@ def list_runs(conn: psycopg.Connection[Any], *, instance_id: str | None = None, 
         return cur.execute(
             "select r.*, i.name as instance_name, i.env from connector_runs r"
             " join connector_instances i on i.id = r.instance_id"
-            " where %s::uuid is null or r.instance_id = %s::uuid order by r.created_at desc limit %s",
+            " where (%s::uuid is null or r.instance_id = %s::uuid) and r.tenant_id = ipai.current_tenant()"
+            " order by r.created_at desc limit %s",
             (instance_id, instance_id, limit),
         ).fetchall()
 
@@ -159,7 +151,8 @@ def get_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "select r.*, i.name as instance_name from connector_runs r"
-            " join connector_instances i on i.id = r.instance_id where r.id::text = %s or r.id::text like %s",
+            " join connector_instances i on i.id = r.instance_id"
+            " where (r.id::text = %s or r.id::text like %s) and r.tenant_id = ipai.current_tenant()",
             (run_id, f"{run_id}%"),
         ).fetchall()
     if len(row) != 1:

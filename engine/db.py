@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.config import Settings
@@ -24,6 +25,9 @@ class Database:
 
     url: str
     embedded_pgdata: Path | None = None
+    session: dict[str, str] = field(default_factory=dict, repr=False)
+    """Settings every connection starts with: `ipai.tenant_id` (whose rows the CLI acts on) and
+    `ipai.vault_key` (the Vault key on plain PostgreSQL). Sent at connection start, never as a statement."""
     _server: Any = field(default=None, repr=False)
 
     @property
@@ -32,7 +36,11 @@ class Database:
 
     def connect(self) -> psycopg.Connection[Any]:
         """Open an autocommit connection; use `with conn.transaction():` for atomic work."""
-        return connect(self.url)
+        return connect(self.url, session=self.session)
+
+    def with_session(self, values: dict[str, str]) -> Database:
+        """The same database, with these settings on every connection (keeps an embedded server running)."""
+        return replace(self, session={**self.session, **values})
 
 
 def open_database(settings: Settings) -> Database:
@@ -67,10 +75,15 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-def connect(url: str) -> psycopg.Connection[Any]:
-    """Connect to `url`; a failure names the URL (password redacted) and how to fix it."""
+def connect(url: str, *, session: dict[str, str] | None = None) -> psycopg.Connection[Any]:
+    """Connect to `url` with `session` settings; a failure names the URL (password redacted) and how to fix it."""
+    extra: dict[str, Any] = {}
+    if session:
+        options = conninfo_to_dict(url).get("options") or ""
+        # In the startup packet, so a value (the Vault key) never appears in a statement or the server's log.
+        extra["options"] = " ".join([str(options), *(f"-c {k}={_escape_option(v)}" for k, v in session.items())]).strip()
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, **extra)
     except psycopg.OperationalError as exc:
         lines = [line.strip().rstrip(".?") for line in str(exc).splitlines() if line.strip()]
         reason = "; ".join(lines) or type(exc).__name__
@@ -79,6 +92,10 @@ def connect(url: str) -> psycopg.Connection[Any]:
             "and the URL is right (IPAI_DATABASE_URL or --database-url), or unset it to use the embedded "
             "PostgreSQL."
         ) from None
+
+
+def _escape_option(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 def migrate(conn: psycopg.Connection[Any], *, directory: Path = MIGRATIONS_DIR) -> list[str]:
@@ -105,4 +122,9 @@ def migrate(conn: psycopg.Connection[Any], *, directory: Path = MIGRATIONS_DIR) 
                 (path.stem, hashlib.sha256(sql.encode()).hexdigest()),
             )
             applied.append(path.stem)
+        if conn.execute("select to_regclass('ipai_source_types')").fetchone() != (None,):
+            from connectors import CONNECTORS
+
+            conn.execute("insert into ipai_source_types (name) select unnest(%s::text[]) on conflict do nothing",
+                         (sorted(CONNECTORS),))
     return applied

@@ -28,7 +28,7 @@ from engine.errors import (
 from engine.faults import DriverCrash, FaultPlan, crash_point
 from engine.protocol import Partition, PlanContext, ReadContext, Stream
 from engine.raytime import cluster_cpus, ensure_ray, read_partition
-from engine.secrets import LocalSecretStore, Redactor
+from engine.secrets import Redactor, VaultSecretStore, vault_key
 from engine.secrets import resolve as resolve_secrets
 from engine.spec import ConnectorSpec, SecretRef, redact_url, selected_streams
 from layers.bronze import Ack, BronzeTarget, BronzeWriter
@@ -127,9 +127,9 @@ def prepare_run(spec: ConnectorSpec, yaml_text: str, *, db: Database, options: R
     with db.connect() as conn:
         migrate(conn)
         reg = control.register(conn, spec, yaml_text)
-        _expire_stale_run(conn, reg.instance_id, options.lease_seconds)
+        _expire_stale_run(conn, reg.instance_id)
         run_id = control.start_run(conn, reg.instance_id, reg.definition_id, trigger=options.trigger,
-                                   full_refresh=options.full_refresh)
+                                   full_refresh=options.full_refresh, lease_seconds=options.lease_seconds)
     return reg.instance_id, run_id
 
 
@@ -145,12 +145,12 @@ def execute_run(
         conn.close()
 
 
-def _expire_stale_run(conn: psycopg.Connection[Any], instance_id: str, lease_seconds: float) -> None:
+def _expire_stale_run(conn: psycopg.Connection[Any], instance_id: str) -> None:
     conn.execute(
         "update connector_runs set status = 'failed', ended_at = now(),"
         " error = 'lease expired: the driver stopped heartbeating; the next run resumes from committed state'"
-        " where instance_id = %s and status = 'running' and heartbeat_at < now() - make_interval(secs => %s)",
-        (instance_id, lease_seconds),
+        " where instance_id = %s and status = 'running' and lease_expires_at < now()",
+        (instance_id,),
     )
 
 
@@ -168,7 +168,9 @@ class _Run:
         self.writes: dict[Any, tuple[_StreamRun, list[tuple[Partition, Any, int]]]] = {}
         self.timings: dict[str, float] = {}
         self.last_beat = 0.0
-        self.store = LocalSecretStore(settings.home)
+        tenant = conn.execute("select tenant_id from connector_runs where id = %s", (run_id,)).fetchone()
+        self.store = VaultSecretStore(db.url, run_id, str(tenant[0]) if tenant else "",
+                                      key=db.session.get("ipai.vault_key") or vault_key(settings.home))
         self.secrets: dict[str, str] = {}
         self.redact = Redactor(())
         self.deferred: SourceDeferred | None = None
@@ -304,10 +306,8 @@ class _Run:
             delta_uri = table_uri(dest.lakehouse.uri or self.settings.lakehouse_uri, "bronze", table)
         pg_url = None
         if dest.postgres.enabled:
-            if isinstance(dest.postgres.url, SecretRef):
-                raise ConfigError("destinations.postgres.url: secret references need the Vault, which this "
-                                  "platform version does not have yet; give the URL or leave it unset")
-            pg_url = dest.postgres.url or self.db.url
+            url = dest.postgres.url
+            pg_url = self.secrets[url.secret] if isinstance(url, SecretRef) else url or self.db.url
         return BronzeTarget(table, delta_uri, pg_url, dest.postgres.bronze_schema)
 
     # -- running --------------------------------------------------------------------------------------
@@ -450,7 +450,8 @@ class _Run:
         control.update_progress(self.conn, self.run_id, rows=self.progress.rows,
                                 partitions_done=self.progress.partitions_done,
                                 partitions_total=self.progress.partitions_total,
-                                rows_by_stream=self.progress.rows_by_stream)
+                                rows_by_stream=self.progress.rows_by_stream,
+                                lease_seconds=self.options.lease_seconds)
 
     def _cancel_reads(self) -> None:
         """Stop read tasks still running: their partitions stay unrecorded and are read by the next run."""

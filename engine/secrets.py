@@ -1,67 +1,128 @@
-"""Secrets referenced by specs (`{secret: NAME}`): where they are kept and how runs resolve them.
+"""Secrets referenced by specs (`{secret: NAME}`): kept in the control plane's Vault, resolved by runs.
 
-Until the control plane's Vault lands, secrets live on the machine that runs the driver: in
-`<home>/secrets/<NAME>` files readable by the owner alone, written by `ipai secret set NAME` from
-stdin (and by token exchanges that rotate a refresh token), else in `IPAI_SECRET_<NAME>` environment
-variables (read only, for CI). A run resolves
-every reference before its first request and fails naming the missing secret. Values never reach
-logs, errors or data: `Redactor` masks them in any text that leaves a reader.
+`ipai secret set NAME` (value from stdin) stores one for the CLI's tenant through `public.secret_set`;
+on Supabase that is Supabase Vault, on plain PostgreSQL the Vault-compatible schema of the migrations,
+whose key stays outside the database: IPAI_VAULT_KEY, else the owner-only file `<IPAI_HOME>/vault.key`
+(made on first use), sent to the server at connection start for that session alone. A run resolves every
+reference before its first request, through `ipai.secret_read` (allowed while a run of the secret's
+tenant is running, and logged on the run), and fails naming a missing secret. Values never reach logs,
+errors or data: `Redactor` masks them in any text that leaves a reader.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import re
+import secrets as random_source
 import urllib.parse
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg
 from pydantic import BaseModel
 
 from engine.errors import ConfigError
-from engine.spec import NAME_PATTERN, SecretRef
+from engine.spec import SecretRef
 
-ENV_PREFIX = "IPAI_SECRET_"
+KEY_ENV = "IPAI_VAULT_KEY"
+KEY_FILE = "vault.key"
+
+
+class SecretStore(Protocol):
+    """Where a run reads its secrets and writes rotated ones (a value: actors receive it)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def get(self, name: str) -> str | None: ...
+
+    def set(self, name: str, value: str) -> None: ...
+
+
+def vault_key(home: Path, *, create: bool = False) -> str | None:
+    """Return the Vault key for plain PostgreSQL (IPAI_VAULT_KEY, else <home>/vault.key); make the file if
+    asked and there is none."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.strip()
+    path = home / KEY_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    if not create:
+        return None
+    home.mkdir(parents=True, exist_ok=True)
+    key = base64.b64encode(random_source.token_bytes(32)).decode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    return key
+
+
+def vault_session(home: Path, *, create: bool = False) -> dict[str, str]:
+    """Connection settings that carry the Vault key, when there is one."""
+    key = vault_key(home, create=create)
+    return {"ipai.vault_key": key} if key else {}
+
+
+def is_compat_vault(conn: psycopg.Connection[Any]) -> bool:
+    """True on plain PostgreSQL (the migrations' Vault, which needs a key), false on Supabase Vault."""
+    return conn.execute("select to_regprocedure('vault._key()') is not null").fetchone() == (True,)
 
 
 @dataclass(frozen=True)
-class LocalSecretStore:
-    """Secrets in the environment or in owner-only files under `<home>/secrets`; a value, so actors get it."""
+class VaultSecretStore:
+    """The secrets of one run's tenant, read and rotated through the run (see `ipai.secret_read`)."""
 
-    home: Path
+    url: str = field(repr=False)
+    run_id: str
+    tenant_id: str
+    key: str | None = field(default=None, repr=False)
 
     @property
-    def folder(self) -> Path:
-        return self.home / "secrets"
+    def identity(self) -> str:
+        return self.tenant_id
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        from engine.db import connect
+
+        return connect(self.url, session={"ipai.vault_key": self.key} if self.key else None)
 
     def get(self, name: str) -> str | None:
-        """Return the stored value, else the environment's: a rotated token must never be shadowed by the
-        value it replaced."""
-        path = self.folder / name
-        if path.exists():
-            return path.read_text(encoding="utf-8")
-        return os.environ.get(ENV_PREFIX + name.upper())
+        with self._connect() as conn:
+            row = conn.execute("select ipai.secret_read(%s, %s)", (self.run_id, name)).fetchone()
+        return None if row is None else row[0]
 
     def set(self, name: str, value: str) -> None:
-        """Store `value` under `name` atomically (write a 0600 file, then rename over the old one)."""
-        if not re.fullmatch(NAME_PATTERN, name):
-            raise ConfigError(f"secret name {name!r} must be lower case letters, digits and _ (start with a letter)")
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(value)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / name)
+        with self._connect() as conn:
+            conn.execute("select ipai.secret_rotate(%s, %s, %s)", (self.run_id, name, value))
 
-    def names(self) -> list[str]:
-        stored = {p.name for p in self.folder.iterdir() if not p.name.startswith(".")} if self.folder.exists() else set()
-        env = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.startswith(ENV_PREFIX)}
-        return sorted(stored | env)
+
+def store_secret(conn: psycopg.Connection[Any], name: str, value: str) -> bool:
+    """Store a secret for the session's tenant; return True if it is new. Raise ConfigError with the reason."""
+    row = conn.execute("select public.secret_set(%s, %s)", (name, value)).fetchone()
+    result = row[0] if row else {}
+    if not result.get("ok"):
+        raise ConfigError(f"secret {name!r} not stored: {result.get('error', {}).get('message', 'unknown error')}")
+    return bool(result["created"])
+
+
+def set_secret(db: Any, home: Path, name: str, value: str) -> bool:
+    """Migrate the control plane `db` if need be and store a secret for its session's tenant (the key made
+    under `home` on plain PostgreSQL when there is none); return True if it is new."""
+    from engine.db import migrate
+
+    with db.connect() as conn:
+        migrate(conn)
+        session = vault_session(home, create=is_compat_vault(conn))
+    with db.with_session(session).connect() as conn:
+        return store_secret(conn, name, value)
+
+
+def list_secrets(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    row = conn.execute("select public.secret_list()").fetchone()
+    return list(row[0]["secrets"]) if row else []
 
 
 def secret_refs(value: Any, path: str = "") -> Iterator[tuple[str, SecretRef]]:
@@ -79,15 +140,16 @@ def secret_refs(value: Any, path: str = "") -> Iterator[tuple[str, SecretRef]]:
             yield from secret_refs(item, f"{path}.{k}")
 
 
-def resolve(spec: BaseModel, store: LocalSecretStore) -> dict[str, str]:
+def resolve(spec: BaseModel, store: SecretStore) -> dict[str, str]:
     """Return {name: value} for every secret the spec references; fail naming the first missing one."""
     values: dict[str, str] = {}
     for path, ref in secret_refs(spec):
+        if ref.secret in values:
+            continue
         value = store.get(ref.secret)
         if value is None:
-            raise ConfigError(f"{path}: secret {ref.secret!r} is not set; store it with "
-                              f"`ipai secret set {ref.secret}` (reads the value from stdin) "
-                              f"or export {ENV_PREFIX}{ref.secret.upper()}")
+            raise ConfigError(f"{path}: secret {ref.secret!r} is not set in the Vault; store it with "
+                              f"`ipai secret set {ref.secret}` (reads the value from stdin)")
         values[ref.secret] = value
     return values
 

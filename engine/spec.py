@@ -16,6 +16,8 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
+CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+               "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
 SyncMode = Literal["full", "incremental", "cdc"]
 
 
@@ -177,10 +179,14 @@ class ConnectorSpec(SpecModel):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
+        """The syntax the control plane evaluates (ipai.cron_parse): checked offline here with croniter."""
         if value is None:
             return value
-        if len(value.split()) != 5 or not croniter.is_valid(value):
+        expr = CRON_MACROS.get(value.strip().lower(), value)
+        if len(expr.split()) != 5 or not croniter.is_valid(expr):
             raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
+        if re.search(r"[#?]", expr) or re.search(r"(^|[\s,/-])([0-9]*l|[0-9]+w|lw)($|[\s,/-])", expr.lower()):
+            raise ValueError(f"{value!r}: L, W, # and ? are not supported; use plain fields, ranges, steps and lists")
         return value
 
     @field_validator("streams")

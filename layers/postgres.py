@@ -44,7 +44,16 @@ class PostgresBronzeTable:
                 # Concurrent `create ... if not exists` can still collide in the catalog (unique
                 # violation): writers of different tables set up the schema one at a time.
                 cur.execute("select pg_advisory_xact_lock(hashtext('ipai bronze setup'))")
-                cur.execute(f"create schema if not exists {quote_ident(self.schema)}")
+                cur.execute("select to_regnamespace($1) is null", (quote_ident(self.schema),))
+                if cur.fetchone()[0]:
+                    cur.execute(f"create schema {quote_ident(self.schema)}")
+                # Where the control plane's migrations made the bronze owner role, load as it: tables then
+                # belong to one role whoever runs the sync (a worker, the CLI), and any of them can alter them.
+                cur.execute(
+                    "select coalesce((select pg_has_role(oid, 'MEMBER') and has_schema_privilege(oid, $1, 'CREATE')"
+                    " from pg_roles where rolname = 'ipai_bronze'), false)", (self.schema,))
+                if cur.fetchone()[0]:
+                    cur.execute("set role ipai_bronze")
                 cur.execute(
                     f"create table if not exists {quote_ident(self.schema)}.{LEDGER} ("
                     " table_name text not null, commit_id text not null, rows bigint not null,"

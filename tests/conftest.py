@@ -15,6 +15,7 @@ import ray
 from engine.config import Settings
 from engine.db import Database, start_embedded, with_database
 from engine.raytime import ensure_ray
+from engine.secrets import set_secret, vault_session
 
 SERVER_URL = os.environ.get("IPAI_TEST_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -78,3 +79,32 @@ def ray_cluster() -> Iterator[None]:
 def settings(tmp_path: Path, database: Database) -> Settings:
     return Settings(home=tmp_path / "home", database_url=database.url,
                     lakehouse_uri=str(tmp_path / "lakehouse"), ray_address=None)
+
+
+class Vault:
+    """The test database's Vault, as an admin sees it (the local tenant, the key under the test's home)."""
+
+    def __init__(self, settings: Settings, database: Database) -> None:
+        self.settings, self.database = settings, database
+
+    def set(self, name: str, value: str) -> None:
+        set_secret(self.database, self.settings.home, name, value)
+
+    def _admin(self) -> psycopg.Connection:
+        return self.database.with_session(vault_session(self.settings.home)).connect()
+
+    def get(self, name: str) -> str | None:
+        with self._admin() as conn:
+            row = conn.execute("select decrypted_secret from vault.decrypted_secrets"
+                               " where name = 'ipai/' || ipai.current_tenant() || '/' || %s", (name,)).fetchone()
+        return row[0] if row else None
+
+    def delete(self, name: str) -> None:
+        with self._admin() as conn:
+            conn.execute("delete from vault.secrets where name = 'ipai/' || ipai.current_tenant() || '/' || %s",
+                         (name,))
+
+
+@pytest.fixture
+def vault(settings: Settings, database: Database) -> Vault:
+    return Vault(settings, database)

@@ -18,7 +18,7 @@ import httpx
 
 from connectors.httpkit.egress import EgressPolicy
 from connectors.httpkit.errors import HttpFailed, HttpRetryable, api_message
-from engine.secrets import LocalSecretStore
+from engine.secrets import SecretStore
 from engine.spec import ApiKeyAuth, BasicAuth, BearerAuth, NoAuth, OAuth2RefreshAuth, ServiceAccountAuth
 
 AnyAuth = NoAuth | ApiKeyAuth | BearerAuth | BasicAuth | OAuth2RefreshAuth | ServiceAccountAuth
@@ -60,7 +60,7 @@ class TokenExchange:
     """Obtains access tokens for one credential; used by one actor, so calls never overlap."""
 
     def __init__(self, auth: OAuth2RefreshAuth | ServiceAccountAuth, secrets: dict[str, str],
-                 store: LocalSecretStore, egress: EgressPolicy) -> None:
+                 store: SecretStore, egress: EgressPolicy) -> None:
         self.auth, self.secrets, self.store, self.egress = auth, secrets, store, egress
         self.current: AccessToken | None = None
         self.exchanges = 0

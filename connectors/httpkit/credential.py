@@ -22,7 +22,7 @@ from connectors.httpkit.auth import AccessToken, AnyAuth, TokenExchange, needs_e
 from connectors.httpkit.budget import Budget, Grant
 from connectors.httpkit.components import RateLimit
 from connectors.httpkit.egress import EgressPolicy
-from engine.secrets import LocalSecretStore, secret_refs
+from engine.secrets import SecretStore, secret_refs
 from engine.spec import OAuth2RefreshAuth
 
 NAMESPACE = "ipai"
@@ -36,18 +36,18 @@ class CredentialRef:
     auth: AnyAuth
     rate_limit: RateLimit
     max_wait_s: float
-    store: LocalSecretStore
+    store: SecretStore
     egress: EgressPolicy
     idle_exit_s: float = 300.0
 
     @classmethod
     def of(cls, *, scope: str, auth: AnyAuth, rate_limit: RateLimit, max_wait_s: float,
-           store: LocalSecretStore, egress: EgressPolicy, secrets: dict[str, str]) -> CredentialRef:
-        """Name the credential by its API, its auth settings and a digest of its fixed secret values (a
-        refresh token rotates: it is the same credential before and after)."""
+           store: SecretStore, egress: EgressPolicy, secrets: dict[str, str]) -> CredentialRef:
+        """Name the credential by its tenant (whose secrets it rotates), its API, its auth settings and a digest
+        of its fixed secret values (a refresh token rotates: it is the same credential before and after)."""
         fixed = _names(auth) - ({auth.refresh_token.secret} if isinstance(auth, OAuth2RefreshAuth) else set())
         digest = hashlib.sha256()
-        for part in (scope, auth.model_dump_json(), rate_limit.model_dump_json(),
+        for part in (store.identity, scope, auth.model_dump_json(), rate_limit.model_dump_json(),
                      *sorted(f"{k}={v}" for k, v in secrets.items() if k in fixed)):
             digest.update(part.encode())
             digest.update(b"\0")

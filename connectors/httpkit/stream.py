@@ -37,7 +37,7 @@ from connectors.httpkit.paginate import (
 from connectors.httpkit.records import loads
 from connectors.httpkit.requester import CredentialHandle, Requester, Response, Tokens
 from engine.protocol import Partition, Plan, PlanContext, ReadContext
-from engine.secrets import LocalSecretStore, Redactor
+from engine.secrets import Redactor, SecretStore
 
 Shape = Callable[[Any, Partition], list[dict[str, Any]]]
 """Turns a page body into records (for APIs whose rows are not plain objects, such as GA4's)."""
@@ -79,7 +79,7 @@ class HttpApi:
         return cls(source_type, source.base_url, auth, tuple(source.headers.items()), source.rate_limit,
                    source.retry, source.concurrency, EgressPolicy.from_environment(), rules)
 
-    def credential(self, secrets: dict[str, str], store: LocalSecretStore) -> CredentialRef:
+    def credential(self, secrets: dict[str, str], store: SecretStore) -> CredentialRef:
         return CredentialRef.of(scope=f"{self.source_type} {self.base_url}", auth=self.auth,
                                 rate_limit=self.rate_limit, max_wait_s=self.retry.max_wait_s, store=store,
                                 egress=self.egress, secrets=secrets)
@@ -175,7 +175,7 @@ class HttpStream:
 
     def open(self, ctx: ReadContext) -> HttpReader:
         store = ctx.options.get("secret_store")
-        if not isinstance(store, LocalSecretStore):
+        if store is None:
             raise HttpFailed("HTTP streams need the run's secret store in the read context")
         return HttpReader(self, ctx.secrets, store, etags=dict(ctx.options.get("notes", {}).get("etag", {})))
 
@@ -188,7 +188,7 @@ class HttpReader:
     no rows, and on GitHub no cost against the rate limit (github.md s.7).
     """
 
-    def __init__(self, stream: HttpStream, secrets: dict[str, str], store: LocalSecretStore, *,
+    def __init__(self, stream: HttpStream, secrets: dict[str, str], store: SecretStore, *,
                  etags: dict[str, str] | None = None) -> None:
         self.stream, self.secrets, self.store = stream, secrets, store
         self.spec = stream.spec

@@ -11,7 +11,7 @@ import ray
 from connectors.httpkit.components import RateLimit
 from connectors.httpkit.credential import NAMESPACE, CredentialRef
 from connectors.httpkit.egress import EgressPolicy
-from engine.secrets import LocalSecretStore
+from engine.secrets import VaultSecretStore
 from engine.spec import BearerAuth, SecretRef
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 def test_one_actor_per_credential_that_exits_when_idle(tmp_path: Path) -> None:
     auth = BearerAuth(type="bearer", token=SecretRef(secret="tok"))
     ref = CredentialRef.of(scope=f"test {tmp_path}", auth=auth, rate_limit=RateLimit(requests_per_second=5),
-                           max_wait_s=60, store=LocalSecretStore(tmp_path), egress=EgressPolicy(),
+                           max_wait_s=60, store=VaultSecretStore("postgresql://unused", "no-run", "tenant"), egress=EgressPolicy(),
                            secrets={"tok": "value-1"})
     ref = CredentialRef(ref.id, ref.auth, ref.rate_limit, ref.max_wait_s, ref.store, ref.egress, idle_exit_s=1.0)
     first, second = ref.handle({"tok": "value-1"}), ref.handle({"tok": "value-1"})

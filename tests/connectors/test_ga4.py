@@ -32,9 +32,9 @@ PACIFIC = ZoneInfo("America/Los_Angeles")
 
 
 @pytest.fixture
-def ga(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorProcess]:
+def ga(monkeypatch: pytest.MonkeyPatch, vault) -> Iterator[EmulatorProcess]:
     monkeypatch.setenv("IPAI_DEV_MODE", "1")
-    monkeypatch.setenv("IPAI_SECRET_GA4_TOKEN", TOKEN)
+    vault.set("ga4_token", TOKEN)
     monkeypatch.setenv("IPAI_CREDENTIAL_IDLE_S", "20")
     with EmulatorProcess("ga4", "--token", TOKEN, "--properties", ",".join(PROPERTIES), "--days", str(DAYS + 2),
                          "--today", today().isoformat(), "--rows-per-day", "400") as e:

@@ -30,9 +30,9 @@ TOKEN = "ghp_canary7f3a9c2e51d04b"  # a canary: must never appear in logs, error
 
 
 @pytest.fixture
-def github_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def github_env(monkeypatch: pytest.MonkeyPatch, vault) -> None:
     monkeypatch.setenv("IPAI_DEV_MODE", "1")  # the emulator speaks plain HTTP on loopback
-    monkeypatch.setenv("IPAI_SECRET_GITHUB_TOKEN", TOKEN)
+    vault.set("github_token", TOKEN)
     monkeypatch.setenv("IPAI_CREDENTIAL_IDLE_S", "20")
 
 
@@ -242,8 +242,8 @@ def test_plain_http_outside_dev_mode_is_refused_before_any_request(gh, settings,
     assert gh.log() == []
 
 
-def test_missing_secret_fails_before_any_request_naming_it(gh, settings, database, monkeypatch):
-    monkeypatch.delenv("IPAI_SECRET_GITHUB_TOKEN")
+def test_missing_secret_fails_before_any_request_naming_it(gh, settings, database, vault):
+    vault.delete("github_token")
     with pytest.raises(RunFailed, match=r"secret 'github_token' is not set.*ipai secret set github_token"):
         sync(settings, database, spec_text(gh.url, REPOS, streams=["issues"]))
     assert gh.log() == []
@@ -338,8 +338,8 @@ def test_an_organisation_lists_its_repositories_and_each_becomes_a_partition(gh,
     assert any(e["path"] == "/orgs/acme/repos" for e in gh.log())
 
 
-def test_a_refused_token_fails_fast_with_the_api_message(gh, settings, database, monkeypatch):
-    monkeypatch.setenv("IPAI_SECRET_GITHUB_TOKEN", "ghp_not_a_valid_token_0000")
+def test_a_refused_token_fails_fast_with_the_api_message(gh, settings, database, vault):
+    vault.set("github_token", "ghp_not_a_valid_token_0000")
     with pytest.raises(RunFailed, match=r"401: Bad credentials.*check it and store it again") as failed:
         sync(settings, database, spec_text(gh.url, ["acme/repo1"], streams=["issues"]))
     assert "ghp_not_a_valid_token_0000" not in str(failed.value)
@@ -354,7 +354,7 @@ def test_cli_stores_the_secret_and_reports_a_deferred_run_without_a_traceback(gh
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "secret", "set", "github_token"], input=TOKEN + "\n",
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and TOKEN not in proc.stdout + proc.stderr
-    assert ipai("secret", "list", env=env).stdout.split() == ["github_token"]
+    assert [line.split()[0] for line in ipai("secret", "list", env=env).stdout.splitlines()] == ["github_token"]
     spec = tmp_path / "gh.yaml"
     spec.write_text(spec_text(gh.url, REPOS, streams=["issues"], extra="  concurrency: 2\n  retry: {max_wait_s: 1}"))
     gh.set_faults(primary_limit={"limit": 10, "window_s": 30, "status": 403})

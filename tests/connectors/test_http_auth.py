@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from engine.errors import RunFailed
-from engine.secrets import LocalSecretStore
 from tests.connectors.test_github import issue_truth, loaded, sync
 from tests.emulators.harness import EmulatorProcess
 
@@ -34,10 +33,9 @@ def dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def oauth_gh(dev_mode: None, settings) -> Iterator[EmulatorProcess]:
-    store = LocalSecretStore(settings.home)
-    store.set("gh_client_secret", CLIENT_SECRET)
-    store.set("gh_refresh", FIRST_REFRESH)
+def oauth_gh(dev_mode: None, vault) -> Iterator[EmulatorProcess]:
+    vault.set("gh_client_secret", CLIENT_SECRET)
+    vault.set("gh_refresh", FIRST_REFRESH)
     with EmulatorProcess("github", "--repos", "2", "--issues-per-repo", "3000", "--client-id", "ipai",
                          "--client-secret", CLIENT_SECRET, "--refresh-token", FIRST_REFRESH) as gh:
         yield gh
@@ -63,7 +61,8 @@ tuning: {{max_in_flight: 4}}
 """
 
 
-def test_tokens_expiring_mid_run_are_refreshed_once_at_a_time_and_rotations_stored(oauth_gh, settings, database):
+def test_tokens_expiring_mid_run_are_refreshed_once_at_a_time_and_rotations_stored(oauth_gh, settings, database,
+                                                                                   vault):
     gh = oauth_gh
     # 60 pages, at most 8 in flight (4 tasks x 2), 300 ms each: the run lasts over 2 s, tokens live 1 s.
     gh.set_faults(token_ttl_s=1, latency_ms=300, token_latency_ms=200)
@@ -74,7 +73,7 @@ def test_tokens_expiring_mid_run_are_refreshed_once_at_a_time_and_rotations_stor
     assert stats["token_requests"] >= 3, "tokens living one second must have been refreshed during the run"
     assert stats["max_concurrent_token_requests"] == 1, "refreshes must be single-flight across tasks"
     assert stats["by_note"].get("invalid_grant", 0) == 0, "a spent refresh token was used again"
-    stored = LocalSecretStore(settings.home).get("gh_refresh")
+    stored = vault.get("gh_refresh")
     assert stored not in (None, FIRST_REFRESH) and stats["valid_refresh_tokens"] == 1
     # The stored token is the live one: a second run starts from it without re-authorisation.
     assert sync(settings, database, oauth_spec(gh.url)).status == "succeeded"
@@ -90,7 +89,7 @@ def test_revoked_grant_fails_the_run_as_needing_reauthorisation(oauth_gh, settin
     assert api_calls == [], "no API request without a token"
 
 
-def test_service_account_jwt_is_exchanged_for_tokens(dev_mode, settings, database, tmp_path: Path):
+def test_service_account_jwt_is_exchanged_for_tokens(dev_mode, settings, database, vault, tmp_path: Path):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = tmp_path / "sa.pub.pem"
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
@@ -100,7 +99,7 @@ def test_service_account_jwt_is_exchanged_for_tokens(dev_mode, settings, databas
     email = "ipai@project.iam.gserviceaccount.com"
     with EmulatorProcess("github", "--repos", "1", "--issues-per-repo", "300", "--service-account-email", email,
                          "--service-account-public-key", str(public)) as gh:
-        LocalSecretStore(settings.home).set("sa_key", json.dumps(
+        vault.set("sa_key", json.dumps(
             {"type": "service_account", "client_email": email, "private_key": pem, "private_key_id": "k1",
              "token_uri": f"{gh.url}/oauth/token"}))
         text = oauth_spec(gh.url).replace(", acme/repo2", "").replace("""  type: oauth2_refresh
