@@ -8,6 +8,7 @@ bronze writer actor per table, and checkpoints each partition only after its dat
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -182,6 +183,7 @@ class _Run:
     def execute(self) -> RunResult:
         t0 = time.monotonic()
         current: str = "planning"
+        lease = _Lease(self.db, self.run_id, self.options.lease_seconds)
         try:
             self.log("info", "run.started", f"run of {self.spec.name} ({self.spec.source_type}) started",
                      full_refresh=self.options.full_refresh, trigger=self.options.trigger)
@@ -229,6 +231,7 @@ class _Run:
             self._end("failed", msg, t0)
             raise RunFailed(f"run {self.run_id} failed while {current}: {msg}", run_id=self.run_id) from None
         finally:
+            lease.stop()
             self._stop_writers()
 
     def _connect_ray(self) -> None:
@@ -510,6 +513,35 @@ class _Run:
         return RunResult(self.run_id, self.instance_id, status, self.progress.rows,
                          dict(self.progress.rows_by_stream), self.progress.partitions_total,
                          round(time.monotonic() - t0, 3), tables)
+
+
+class _Lease:
+    """Renews the run's lease from a thread while the driver process lives, whatever the driver is doing
+    (planning a large source, waiting on a write): a lease that lapses means the process is gone."""
+
+    def __init__(self, db: Database, run_id: str, lease_seconds: float) -> None:
+        self.db, self.run_id, self.lease_seconds = db, run_id, lease_seconds
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name=f"lease {run_id[:8]}", daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        every = max(0.2, min(5.0, self.lease_seconds / 4))
+        try:
+            with self.db.connect() as conn:
+                while not self.done.wait(every):
+                    cur = conn.execute(
+                        "update connector_runs set heartbeat_at = now(),"
+                        " lease_expires_at = now() + make_interval(secs => %s) where id = %s and status = 'running'",
+                        (self.lease_seconds, self.run_id))
+                    if cur.rowcount == 0:
+                        return  # the run ended, or was taken over: the driver's next progress save says which
+        except psycopg.Error:
+            return  # the control plane is unreachable: the driver's own writes fail and end the run
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
 
 
 def _task_cpus(stream: Stream) -> float:
