@@ -132,17 +132,22 @@ begin
         end
         $f$;
 
+    -- The schema pgcrypto is installed in, or null when the server has none.
+    create function vault._pgcrypto() returns text
+        language sql stable set search_path = ''
+        as $f$
+            select n.nspname::text from pg_catalog.pg_extension e
+              join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'pgcrypto'
+        $f$;
+
     create function vault._seal(plain text) returns text
         language plpgsql volatile security definer set search_path = ''
         as $f$
         declare
             k bytea := vault._key();
-            ext text;
+            ext text := vault._pgcrypto();
             ct bytea;
         begin
-            select n.nspname into ext
-              from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
-             where e.extname = 'pgcrypto';
             if ext is null then
                 return vault._seal_hmac(plain);
             end if;
@@ -157,16 +162,13 @@ begin
         as $f$
         declare
             k bytea := vault._key();
-            ext text;
+            ext text := vault._pgcrypto();
             body bytea;
             nonce bytea;
             ct bytea;
             plain text;
         begin
             if sealed like 'pgp1:%' then
-                select n.nspname into ext
-                  from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
-                 where e.extname = 'pgcrypto';
                 if ext is null then
                     raise exception 'this secret was sealed with pgcrypto, which this server no longer has'
                         using hint = 'install the pgcrypto extension, or store the secret again';

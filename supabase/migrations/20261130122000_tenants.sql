@@ -183,6 +183,22 @@ alter table connector_run_logs drop constraint if exists connector_run_logs_run_
 alter table connector_run_logs add constraint connector_run_logs_run_fkey
     foreign key (run_id, tenant_id) references connector_runs (id, tenant_id) on delete cascade;
 
+-- The other links between rows (a run's retry, an extraction's run, a state row's extraction and run) are
+-- composite too: no row can point into another tenant, whose deletes would otherwise cascade into it.
+alter table connector_runs drop constraint if exists connector_runs_retry_of_fkey;
+alter table connector_runs add constraint connector_runs_retry_of_fkey
+    foreign key (retry_of, tenant_id) references connector_runs (id, tenant_id) on delete set null (retry_of);
+alter table connector_extractions add constraint connector_extractions_id_tenant_key unique (id, tenant_id);
+alter table connector_extractions drop constraint if exists connector_extractions_run_id_fkey;
+alter table connector_extractions add constraint connector_extractions_run_fkey
+    foreign key (run_id, tenant_id) references connector_runs (id, tenant_id) on delete set null (run_id);
+alter table connector_state drop constraint if exists connector_state_extraction_id_fkey;
+alter table connector_state add constraint connector_state_extraction_fkey
+    foreign key (extraction_id, tenant_id) references connector_extractions (id, tenant_id) on delete cascade;
+alter table connector_state drop constraint if exists connector_state_run_id_fkey;
+alter table connector_state add constraint connector_state_run_fkey
+    foreign key (run_id, tenant_id) references connector_runs (id, tenant_id) on delete set null (run_id);
+
 -- Fill tenant_id from the parent row. Runs as the writer; the composite keys above reject a mismatch.
 create or replace function ipai.inherit_tenant() returns trigger
     language plpgsql security definer set search_path = ''

@@ -265,7 +265,11 @@ create or replace function ipai.schedule_due(p_now timestamptz default now()) re
             select i.id, i.tenant_id, i.definition_id, i.schedule, coalesce(i.last_scheduled_for, i.created_at) as since
               from public.connector_instances i
              where i.status = 'active' and i.schedule is not null
-               for update skip locked  -- another scheduler has it; the unique slot index is the real guard
+               -- skip locked: another scheduler has it; the unique slot index is the real guard. NO KEY: a
+               -- concurrent run insert (connector_run) holds the instance's active-run slot and needs KEY
+               -- SHARE on the instance for its foreign key; FOR UPDATE would block it while this function
+               -- waits on that slot: a deadlock.
+               for no key update skip locked
         loop
             slot := ipai.cron_prev(inst.schedule, p_now);
             continue when slot is null or slot <= inst.since;
@@ -276,10 +280,20 @@ create or replace function ipai.schedule_due(p_now timestamptz default now()) re
                 probe := ipai.cron_next(inst.schedule, probe);
             end loop;
             run := null;
-            insert into public.connector_runs (tenant_id, instance_id, definition_id, status, trigger, scheduled_for)
-            values (inst.tenant_id, inst.id, inst.definition_id, 'queued', 'schedule', slot)
-            on conflict do nothing
-            returning id into run;
+            active := null;
+            -- No row inserted: the slot is taken, or the instance has an active run. When that run ends before it
+            -- is read here, nothing is active any more: try the insert again rather than skip naming no run.
+            for attempt in 1..3 loop
+                insert into public.connector_runs (tenant_id, instance_id, definition_id, status, trigger, scheduled_for)
+                values (inst.tenant_id, inst.id, inst.definition_id, 'queued', 'schedule', slot)
+                on conflict do nothing
+                returning id into run;
+                exit when run is not null
+                          or exists (select from public.connector_runs r where r.instance_id = inst.id and r.scheduled_for = slot);
+                select r.id into active from public.connector_runs r
+                 where r.instance_id = inst.id and r.status in ('queued', 'running') limit 1;
+                exit when active is not null;
+            end loop;
             if run is not null then
                 enqueued := enqueued + 1;
                 insert into public.connector_run_logs (run_id, level, event, message, fields)
@@ -289,9 +303,7 @@ create or replace function ipai.schedule_due(p_now timestamptz default now()) re
                                                             missed) else '' end,
                         jsonb_build_object('scheduled_for', slot, 'missed', missed));
                 perform pg_notify('ipai_run_queued', run::text);
-            elsif not exists (select from public.connector_runs r where r.instance_id = inst.id and r.scheduled_for = slot) then
-                select r.id into active from public.connector_runs r
-                 where r.instance_id = inst.id and r.status in ('queued', 'running') limit 1;
+            elsif active is not null then
                 insert into public.connector_runs (tenant_id, instance_id, definition_id, status, trigger,
                                                    scheduled_for, ended_at, error)
                 values (inst.tenant_id, inst.id, inst.definition_id, 'skipped', 'schedule', slot, now(),

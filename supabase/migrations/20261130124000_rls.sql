@@ -80,11 +80,10 @@ end $$;
 create policy worker_read on connector_run_logs for select to ipai_worker using (true);
 create policy worker_insert on connector_run_logs for insert to ipai_worker with check (true);
 
--- Functions: nothing executable by PUBLIC unless granted below or in a later migration. Default privileges
--- keep later functions closed too: for the migrating role in this database, and without `in schema`, since
--- a per-schema REVOKE cannot take away the built-in EXECUTE that PUBLIC gets on every new function.
-revoke all on all functions in schema ipai from public;
-alter default privileges revoke execute on functions from public;
+-- Functions: nothing executable by PUBLIC or anon unless granted. Every migration that adds a function
+-- revokes it explicitly (tests/controlplane/test_catalog.py checks the catalog); the database-wide default
+-- privileges are left alone, since on Supabase the database is the user's project and other apps' too.
+revoke all on all functions in schema ipai from public, anon;
 grant execute on function ipai.cron_next(text, timestamptz), ipai.cron_prev(text, timestamptz),
     ipai.cron_error(text), ipai.cron_parse(text), ipai.cron_field(text, int, int, text[], int, text),
     ipai.cron_value(text, int, int, text[], int, text), ipai.cron_day_ok(ipai.cron_spec, timestamp)

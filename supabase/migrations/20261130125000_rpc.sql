@@ -400,7 +400,7 @@ create or replace function ipai.secret_rotate(p_run_id uuid, p_name text, p_valu
     end
     $$;
 
-revoke all on all functions in schema ipai from public;
+revoke all on all functions in schema ipai from public, anon;
 revoke all on function public.connector_list(), public.connector_create(jsonb, text, text),
     public.connector_run(text, text, boolean), public.connector_status(text, text, text),
     public.connector_logs(text, bigint, integer), public.secret_set(text, text), public.secret_list()
