@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from connectors import ga4, github, http, sample
+from connectors import database, ga4, github, http, sample
 from engine.protocol import Stream
 from engine.spec import ConnectorSpec
 
@@ -29,6 +29,8 @@ class Connector:
 
 
 CONNECTORS: dict[str, Connector] = {
+    "database": Connector("database", database.DatabaseSpec, database.streams,
+                          "tables of a PostgreSQL database, read in parallel key ranges over ADBC"),
     "sample": Connector("sample", sample.SampleSpec, sample.streams,
                         "a deterministic shop (customers, orders, order lines); no network"),
     "http": Connector("http", http.HttpSpec, http.streams, "any REST API, declared in YAML alone",

@@ -282,6 +282,8 @@ class _Run:
                                                options={"secret_store": self.store}))
                 extraction = state.create_extraction(self.conn, self.instance_id, name, run_id=self.run_id,
                                                      sync_mode=mode, cursor_from=cursor, plan=plan)
+                for warning in plan.warnings:
+                    self.log("warning", "stream.warning", f"{name}: {warning}", stream=name)
             done = state.committed_keys(self.conn, extraction.id)
             todo = [p for p in extraction.partitions if extraction.commit_id(p) not in done]
             target = self._target(name)

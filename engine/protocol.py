@@ -73,6 +73,8 @@ class Plan:
 
     partitions: list[Partition]
     cursor_to: Any | None = None
+    warnings: tuple[str, ...] = ()
+    """What the user should know about this read (a cursor without an index ...): logged on the run."""
 
 
 @dataclass(frozen=True)
