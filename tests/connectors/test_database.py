@@ -127,3 +127,27 @@ def test_a_password_in_the_spec_is_refused(database):
 
     with pytest.raises(SpecError, match="store the whole URL as a secret"):
         parse_spec(spec_text("postgresql://u:pw@localhost/db", ORDERS_TABLE))
+
+
+def test_rows_changing_while_an_extraction_is_read_are_neither_skipped_nor_repeated(shop, settings, database, tmp_path):
+    from engine.faults import DriverCrash, FaultPlan
+
+    text = spec_text(database.url, ORDERS_TABLE)
+    with pytest.raises(DriverCrash):  # the driver dies after its first partition is recorded
+        sync(settings, database, text, lease_seconds=1,
+             faults=FaultPlan(points=("driver.after_checkpoint",), marker_dir=str(tmp_path)))
+    with psycopg.connect(database.url, autocommit=True) as conn:  # changes land mid-extraction, in every range
+        conn.execute("update shop.orders set updated_at = now(), amount = -2 where id % 97 = 0")
+        conn.execute("insert into shop.orders select g, now(), 0, 'placed', null, null, null"
+                     " from generate_series(%s::bigint, %s::bigint) g", (ORDERS + 1, ORDERS + 50))
+    import time
+
+    time.sleep(1.5)  # the dead driver's lease runs out
+    assert sync(settings, database, text).status == "succeeded"  # finishes the extraction, same upper bound
+    assert sync(settings, database, text).rows == 309 + 50  # exactly the changed and new rows, read once more
+    table = loaded(database)
+    assert_exactly_once_per_extraction(table, ("id",))
+    latest: dict[int, datetime] = {}
+    for i, ts in zip(table.column("id").to_pylist(), table.column("updated_at").to_pylist()):
+        latest[i] = max(ts, latest.get(i, ts))
+    assert set(latest.items()) == source(database), "every row's latest version is in bronze"
