@@ -82,6 +82,15 @@ class DatabaseSource(SpecModel):
     lookback_s: int = Field(default=0, ge=0)
     """Re-read this many seconds before the stored cursor of timestamp cursors (late commits)."""
 
+    @field_validator("tables")
+    @classmethod
+    def _one_stream_per_name(cls, tables: tuple[TableSpec, ...]) -> tuple[TableSpec, ...]:
+        names = [t.stream_name for t in tables]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"two tables make stream {dupes[0]!r}; give one a `name:`")
+        return tables
+
     @field_validator("url")
     @classmethod
     def _no_password_in_clear(cls, value: str | SecretRef) -> str | SecretRef:
@@ -357,8 +366,4 @@ def _before(a: Any, b: Any) -> bool:
 
 def streams(spec: DatabaseSpec) -> list[DatabaseStream]:
     s = spec.source
-    names = [t.stream_name for t in s.tables]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        raise ConfigError(f"source.tables: two tables make stream {sorted(dupes)[0]!r}; give one a `name:`")
     return [DatabaseStream(spec.name, s.url, t, s.partition_rows, s.lookback_s) for t in s.tables]

@@ -151,3 +151,11 @@ def test_rows_changing_while_an_extraction_is_read_are_neither_skipped_nor_repea
     for i, ts in zip(table.column("id").to_pylist(), table.column("updated_at").to_pylist()):
         latest[i] = max(ts, latest.get(i, ts))
     assert set(latest.items()) == source(database), "every row's latest version is in bronze"
+
+
+def test_two_tables_making_one_stream_are_refused_with_the_fix():
+    from engine.errors import SpecError
+
+    tables = "    - {table: a.orders}\n    - {table: b.orders}\n"
+    with pytest.raises(SpecError, match=r"two tables make stream 'orders'; give one a `name:`"):
+        parse_spec(spec_text("postgresql://u@localhost/db", tables))
