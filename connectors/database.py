@@ -1,6 +1,8 @@
 """The `database` source (FR-010): tables of a database, read in parallel key ranges straight into Arrow.
 
-Today: PostgreSQL through ADBC (`postgresql://` URLs). Each table is a stream. Planning asks the source
+PostgreSQL (`postgresql://`) and SQLite files (`sqlite:///path`), both through ADBC drivers that hand
+Arrow batches over without Python objects per row; a `Dialect` holds what differs (catalog, quoting,
+bound values, types). Each table is a stream. Planning asks the source
 once: the table and columns exist, the primary key, the partition key (the integer primary key unless
 `partition_on` names another indexed integer column), its min and max, and the row estimate; the key
 range is cut into partitions of about `partition_rows` rows (ranges from min/max over an index, never a
@@ -13,7 +15,7 @@ A run whose changes fit one partition reads them in one (the cursor's index does
 split by key range. A cursor column without an index gets a warning with its cost. Rows whose cursor is
 null are read by the first extraction (and full syncs) only.
 
-Types are mapped faithfully: integers, floats, booleans, text, enums (as text), dates, timestamps (with
+Types (PostgreSQL) are mapped faithfully: integers, floats, booleans, text, enums (as text), dates, timestamps (with
 and without time zone), bytea, arrays of scalars as lists, numeric(p,s) with p <= 38 as decimal(p,s);
 unconstrained numeric, json/jsonb, uuid, interval and any other type as their exact text.
 Identifiers are quoted through one helper (`layers.postgres.quote_ident`); values are always bound.
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import psycopg
 import pyarrow as pa
 from pydantic import Field, field_validator
 
@@ -75,7 +79,8 @@ class DatabaseSource(SpecModel):
     """A database reached by URL, and the tables to read from it."""
 
     url: str | SecretRef
-    """`postgresql://user@host:port/db`; a URL with a password must be a secret reference."""
+    """`postgresql://user@host:port/db` or `sqlite:///absolute/path.db`; a URL with a password must be a
+    secret reference."""
     tables: tuple[TableSpec, ...] = Field(min_length=1)
     partition_rows: int = Field(default=500_000, ge=1_000)
     """About how many rows one partition (one Ray task) reads."""
@@ -98,8 +103,8 @@ class DatabaseSource(SpecModel):
             if redact_url(value) != value:
                 raise ValueError("the URL carries a password; store the whole URL as a secret "
                                  "(`ipai secret set NAME`) and write url: {secret: NAME}")
-            if not value.startswith(("postgresql://", "postgres://")):
-                raise ValueError("only postgresql:// URLs are supported so far")
+            if not value.startswith(("postgresql://", "postgres://", "sqlite:///")):
+                raise ValueError("use a postgresql:// or sqlite:/// URL")
         return value
 
 
@@ -182,15 +187,10 @@ class DatabaseStream:
 
     def plan(self, ctx: PlanContext) -> Plan:
         url = self._url(ctx.secrets)
+        d = dialect_for(url)
         t = self.table
-        qualified = f"{quote_ident(t.schema_name)}.{quote_ident(t.table_name)}"
-        try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            raise ConfigError(f"source database {redact_url(url)}: {redact_url(reason)}") from None
-        with conn:
-            columns, pk = _catalog(conn, t, url)
+        with d.catalog(url) as cat:
+            columns, pk = d.columns(cat, t, url)
             by_name = {c.name: c for c in columns}
             for field, col in (("cursor", t.cursor), ("partition_on", t.partition_on)):
                 if col is not None and col not in by_name:
@@ -199,51 +199,50 @@ class DatabaseStream:
             if ctx.sync_mode == "incremental" and t.cursor is None:
                 raise ConfigError(f"stream {self.name}: incremental sync needs `cursor:` (a column that grows when a "
                                   f"row changes) for {t.table}, or sync_mode full")
-            if t.cursor is not None and by_name[t.cursor].type not in CURSOR_TYPES:
+            if t.cursor is not None and not d.cursor_ok(by_name[t.cursor]):
                 raise ConfigError(f"stream {self.name}: cursor column {t.cursor!r} is {by_name[t.cursor].type}; "
                                   "use an integer, numeric, date or timestamp column")
-            key = t.partition_on or (pk[0] if len(pk) == 1 and by_name[pk[0]].type in INTEGER_TYPES else None)
-            if key is not None and by_name[key].type not in INTEGER_TYPES:
+            key = t.partition_on or (pk[0] if len(pk) == 1 and d.is_integer(by_name[pk[0]]) else None)
+            if key is not None and not d.is_integer(by_name[key]):
                 raise ConfigError(f"stream {self.name}: partition_on column {key!r} is {by_name[key].type}; "
                                   "give an integer column")
             warnings: list[str] = []
             cursor_lo = cursor_hi = None
             if t.cursor is not None and ctx.sync_mode == "incremental":
-                if not _indexed(conn, t, t.cursor):
-                    estimate = _estimate(conn, t)
+                if not d.indexed(cat, t, t.cursor):
                     warnings.append(f"{t.table}.{t.cursor} has no index: each incremental run reads the whole table "
-                                    f"(about {estimate:,} rows) to find changed rows; create an index on it")
-                row = conn.execute(f"select max({quote_ident(t.cursor)}) from {qualified}").fetchone()  # type: ignore[arg-type]
+                                    f"(about {d.estimate(cat, t):,} rows) to find changed rows; create an index on it")
+                row = cat.one(f"select max({d.quote(t.cursor)}) from {d.qualified(t)}")
                 cursor_hi = _to_json(row[0]) if row else None
                 cursor_lo = self._lookback(ctx.cursor, by_name[t.cursor].type)
                 if cursor_hi is None or (cursor_lo is not None and not _before(cursor_lo, cursor_hi)):
                     return Plan([], cursor_to=ctx.cursor, warnings=tuple(warnings))
             window = (cursor_lo, cursor_hi)
-            ranges = self._ranges(conn, t, qualified, key, by_name, window if cursor_lo is not None else None)
+            ranges = self._ranges(d, cat, key, by_name, window if cursor_lo is not None else None)
         parts = [Partition(self.name, (("key", key or ""), ("from", lo), ("to", hi)), window) for lo, hi in ranges]
         return Plan(parts, cursor_to=cursor_hi if t.cursor is not None and ctx.sync_mode == "incremental" else None,
                     warnings=tuple(warnings))
 
     def _lookback(self, cursor: Any, typ: str) -> Any:
-        if cursor is None or not self.lookback_s or typ not in ("timestamp", "timestamptz"):
+        if cursor is None or not self.lookback_s or typ.lower() not in ("timestamp", "timestamptz", "datetime"):
             return cursor
         return (datetime.fromisoformat(cursor) - timedelta(seconds=self.lookback_s)).isoformat(timespec="microseconds")
 
-    def _ranges(self, conn: psycopg.Connection[Any], t: TableSpec, qualified: str, key: str | None,
-                by_name: dict[str, Column], window: tuple[Any, Any] | None) -> list[tuple[int | None, int | None]]:
+    def _ranges(self, d: Dialect, cat: Catalog, key: str | None, by_name: dict[str, Column],
+                window: tuple[Any, Any] | None) -> list[tuple[int | None, int | None]]:
+        t = self.table
         if key is None:
             return [(None, None)]
-        q = quote_ident(key)
+        q = d.quote(key)
         if window is not None:
-            c = quote_ident(t.cursor or "")
-            cast = by_name[t.cursor or ""].type
-            row = conn.execute(f"select count(*), min({q}), max({q}) from {qualified}"  # type: ignore[arg-type]
-                               f" where {c} > %s::{cast} and {c} <= %s::{cast}", window).fetchone()
+            c, typ = d.quote(t.cursor or ""), by_name[t.cursor or ""].type
+            row = cat.one(f"select count(*), min({q}), max({q}) from {d.qualified(t)}"
+                          f" where {c} > {d.bound(1, typ)} and {c} <= {d.bound(2, typ)}", window)
             rows, lo, hi = row if row else (0, None, None)
         else:
-            row = conn.execute(f"select min({q}), max({q}) from {qualified}").fetchone()  # type: ignore[arg-type]
+            row = cat.one(f"select min({q}), max({q}) from {d.qualified(t)}")
             lo, hi = row if row else (None, None)
-            rows = _estimate(conn, t)
+            rows = d.estimate(cat, t)
         if lo is None or hi is None:
             return []
         n = max(1, min(math.ceil(rows / self.partition_rows), (hi - lo + 1)))
@@ -255,58 +254,44 @@ class DatabaseStream:
 
 
 class DatabaseReader:
-    """Reads one key range (and cursor window) over one ADBC connection, batch by batch. The columns are
-    read from the catalog here, in the task: a resumed extraction is read without planning again."""
+    """Reads one key range (and cursor window), batch by batch over one Arrow-native connection. The columns
+    are read from the catalog here, in the task: a resumed extraction is read without planning again."""
 
     def __init__(self, stream: DatabaseStream, url: str) -> None:
         self.stream, self.url = stream, url
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
-        import adbc_driver_postgresql.dbapi as adbc
-
+        d = dialect_for(self.url)
         t = self.stream.table
-        qualified = f"{quote_ident(t.schema_name)}.{quote_ident(t.table_name)}"
-        try:
-            conn = adbc.connect(self.url)
-        except Exception as exc:  # noqa: BLE001 - reported with the URL redacted
-            raise ConfigError(f"source database {redact_url(self.url)}: {redact_url(str(exc))}") from None
-        try:
-            cur = conn.cursor()
-            cur.execute("select a.attname, ty.typname, a.atttypmod, ty.typtype = 'e' from pg_attribute a"
-                        " join pg_type ty on ty.oid = a.atttypid where a.attrelid = to_regclass($1)"
-                        " and a.attnum > 0 and not a.attisdropped order by a.attnum", parameters=(qualified,))
-            columns = tuple(Column(n, typ, mod, enum) for n, typ, mod, enum in cur.fetchall())
-            if not columns:
-                raise ConfigError(f"table {t.table} no longer exists in {redact_url(self.url)}")
-            cursor_type = next((c.type for c in columns if c.name == t.cursor), None)
-            where = dict(partition.where)
-            conds: list[str] = []
-            params: list[Any] = []
-            if where.get("from") is not None:
-                k = quote_ident(where["key"])
-                conds.append(f"{k} >= ${len(params) + 1} and {k} < ${len(params) + 2}")
-                params += [where["from"], where["to"]]
-            lo, hi = partition.window
-            if t.cursor is not None and hi is not None:
-                c = quote_ident(t.cursor)
-                if lo is not None:
-                    conds.append(f"{c} > ${len(params) + 1}::{cursor_type}")
-                    params.append(str(lo))
-                # The first extraction also takes rows whose cursor is null; later ones cannot see them change.
-                null = f" or {c} is null" if lo is None else ""
-                conds.append(f"({c} <= ${len(params) + 1}::{cursor_type}{null})")
-                params.append(str(hi))
-            sql = f"select {_select_list(columns)} from {qualified}" + (f" where {' and '.join(conds)}" if conds else "")
-            casts = {c.name: typ for c in columns if (typ := _arrow_type(c)) is not None}
-            cur.execute(sql, parameters=tuple(params) if params else None)
-            for batch in cur.fetch_record_batch():
-                yield _normalise(batch, casts)
-        finally:
-            conn.close()
+        with d.catalog(self.url) as cat:
+            columns, _ = d.columns(cat, t, self.url)
+        cursor_type = next((c.type for c in columns if c.name == t.cursor), "")
+        where = dict(partition.where)
+        conds: list[str] = []
+        params: list[Any] = []
+        if where.get("from") is not None:
+            k = d.quote(where["key"])
+            conds.append(f"{k} >= {d.bound(len(params) + 1, '')} and {k} < {d.bound(len(params) + 2, '')}")
+            params += [where["from"], where["to"]]
+        lo, hi = partition.window
+        if t.cursor is not None and hi is not None:
+            c = d.quote(t.cursor)
+            if lo is not None:
+                conds.append(f"{c} > {d.bound(len(params) + 1, cursor_type)}")
+                params.append(lo)
+            # The first extraction also takes rows whose cursor is null; later ones cannot see them change.
+            null = f" or {c} is null" if lo is None else ""
+            conds.append(f"({c} <= {d.bound(len(params) + 1, cursor_type)}{null})")
+            params.append(hi)
+        sql = f"select {d.select_list(columns)} from {d.qualified(t)}" + (
+            f" where {' and '.join(conds)}" if conds else "")
+        casts = {c.name: typ for c in columns if (typ := d.arrow_type(c)) is not None}
+        for batch in d.read(self.url, sql, tuple(params)):
+            yield _normalise(batch, casts)
 
 
 def _normalise(batch: pa.RecordBatch, casts: dict[str, pa.DataType]) -> pa.RecordBatch:
-    """Drop ADBC's field metadata and extension wrappers; cast numeric text to its decimal type."""
+    """Drop the driver's field metadata and extension wrappers; cast numeric text to its decimal type."""
     arrays, fields = [], []
     for field, col in zip(batch.schema, batch.columns, strict=True):
         if isinstance(col, pa.ExtensionArray):
@@ -318,46 +303,208 @@ def _normalise(batch: pa.RecordBatch, casts: dict[str, pa.DataType]) -> pa.Recor
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _catalog(conn: psycopg.Connection[Any], t: TableSpec, url: str) -> tuple[list[Column], tuple[str, ...]]:
-    """Columns and primary key of `t`; fail naming the table (and what exists) when it does not."""
-    oid = conn.execute("select to_regclass(%s)::oid", (f"{quote_ident(t.schema_name)}.{quote_ident(t.table_name)}",)
-                       ).fetchone()
-    if oid is None or oid[0] is None:
-        known = [r[0] for r in conn.execute(
-            "select table_schema || '.' || table_name from information_schema.tables"
-            " where table_schema not in ('pg_catalog', 'information_schema') order by 1 limit 20")]
-        raise ConfigError(f"table {t.table} does not exist in {redact_url(url)}"
-                          + (f"; tables there include: {', '.join(known)}" if known else "; the database has no tables"))
-    rows = conn.execute(
-        "select a.attname, ty.typname, a.atttypmod, ty.typtype = 'e' from pg_attribute a"
-        " join pg_type ty on ty.oid = a.atttypid"
-        " where a.attrelid = %s and a.attnum > 0 and not a.attisdropped order by a.attnum", (oid[0],)).fetchall()
-    columns = [Column(n, typ, mod, enum) for n, typ, mod, enum in rows]
-    pk = t.primary_key or tuple(r[0] for r in conn.execute(
-        "select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)"
-        " where i.indrelid = %s and i.indisprimary order by array_position(i.indkey, a.attnum)", (oid[0],)))
+def _redact(url: str, text: str) -> str:
+    """`text` with the URL's password masked, wherever a driver echoed it."""
+    password = urlsplit(url).password
+    text = redact_url(text)
+    return text.replace(password, "***") if password else text
+
+
+class Catalog:
+    """Catalog and planning queries over one connection; values always bound."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.cur = conn.cursor()
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        self.cur.execute(sql, parameters=params or None)
+        row = self.cur.fetchone()
+        return tuple(row) if row is not None else None
+
+    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        self.cur.execute(sql, parameters=params or None)
+        return [tuple(r) for r in self.cur.fetchall()]
+
+
+class Dialect:
+    """What differs between databases: connecting, the catalog, quoting, bound values, type mapping."""
+
+    name = ""
+
+    def connect(self, url: str) -> Any:
+        raise NotImplementedError
+
+    @contextmanager
+    def catalog(self, url: str) -> Iterator[Catalog]:
+        try:
+            conn = self.connect(url)
+        except Exception as exc:  # noqa: BLE001 - any driver's failure, reported with the URL redacted
+            raise ConfigError(f"source database {redact_url(url)}: {_redact(url, _first_line(exc))}") from None
+        try:
+            yield Catalog(conn)
+        finally:
+            conn.close()
+
+    def read(self, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
+        with self.catalog(url) as cat:
+            cat.cur.execute(sql, parameters=params or None)
+            yield from cat.cur.fetch_record_batch()
+
+    def quote(self, name: str) -> str:
+        return quote_ident(name)
+
+    def qualified(self, t: TableSpec) -> str:
+        return f"{self.quote(t.schema_name)}.{self.quote(t.table_name)}"
+
+    def bound(self, n: int, typ: str) -> str:
+        """Placeholder of the n-th bound value, cast to the column type `typ` where the database needs it."""
+        raise NotImplementedError
+
+    def columns(self, cat: Catalog, t: TableSpec, url: str) -> tuple[tuple[Column, ...], tuple[str, ...]]:
+        raise NotImplementedError
+
+    def indexed(self, cat: Catalog, t: TableSpec, column: str) -> bool:
+        raise NotImplementedError
+
+    def estimate(self, cat: Catalog, t: TableSpec) -> int:
+        row = cat.one(f"select count(*) from {self.qualified(t)}")
+        return int(row[0]) if row else 0
+
+    def is_integer(self, c: Column) -> bool:
+        raise NotImplementedError
+
+    def cursor_ok(self, c: Column) -> bool:
+        raise NotImplementedError
+
+    def select_list(self, columns: tuple[Column, ...]) -> str:
+        return ", ".join(self.quote(c.name) for c in columns)
+
+    def arrow_type(self, c: Column) -> pa.DataType | None:
+        return None
+
+    def _missing(self, t: TableSpec, url: str, known: list[str]) -> ConfigError:
+        return ConfigError(f"table {t.table} does not exist in {redact_url(url)}"
+                           + (f"; tables there include: {', '.join(known)}" if known else "; the database has no tables"))
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL over ADBC (libpq, binary COPY-like transfer straight into Arrow)."""
+
+    name = "postgresql"
+
+    def connect(self, url: str) -> Any:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        return adbc.connect(url)
+
+    def bound(self, n: int, typ: str) -> str:
+        return f"${n}::{typ}" if typ else f"${n}"
+
+    def columns(self, cat: Catalog, t: TableSpec, url: str) -> tuple[tuple[Column, ...], tuple[str, ...]]:
+        rows = cat.all(
+            "select a.attname, ty.typname, a.atttypmod, ty.typtype = 'e' from pg_attribute a"
+            " join pg_type ty on ty.oid = a.atttypid where a.attrelid = to_regclass($1)"
+            " and a.attnum > 0 and not a.attisdropped order by a.attnum", (self.qualified(t),))
+        if not rows:
+            known = [r[0] for r in cat.all(
+                "select table_schema || '.' || table_name from information_schema.tables"
+                " where table_schema not in ('pg_catalog', 'information_schema') order by 1 limit 20")]
+            raise self._missing(t, url, known)
+        columns = tuple(Column(n, typ, mod, enum) for n, typ, mod, enum in rows)
+        pk = t.primary_key or tuple(r[0] for r in cat.all(
+            "select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
+            " and a.attnum = any(i.indkey) where i.indrelid = to_regclass($1) and i.indisprimary"
+            " order by array_position(i.indkey, a.attnum)", (self.qualified(t),)))
+        return columns, _checked_pk(t, columns, pk)
+
+    def indexed(self, cat: Catalog, t: TableSpec, column: str) -> bool:
+        row = cat.one("select exists (select from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
+                      " and a.attnum = i.indkey[0] where i.indrelid = to_regclass($1) and a.attname = $2)",
+                      (self.qualified(t), column))
+        return bool(row and row[0])
+
+    def estimate(self, cat: Catalog, t: TableSpec) -> int:
+        """The planner's row estimate (an exact count when the table was never analysed)."""
+        row = cat.one("select reltuples::bigint from pg_class where oid = to_regclass($1)", (self.qualified(t),))
+        return int(row[0]) if row and row[0] >= 0 else super().estimate(cat, t)
+
+    def is_integer(self, c: Column) -> bool:
+        return c.type in INTEGER_TYPES
+
+    def cursor_ok(self, c: Column) -> bool:
+        return c.type in CURSOR_TYPES
+
+    def select_list(self, columns: tuple[Column, ...]) -> str:
+        return _select_list(columns)
+
+    def arrow_type(self, c: Column) -> pa.DataType | None:
+        return _arrow_type(c)
+
+
+class SqliteDialect(Dialect):
+    """SQLite files over ADBC (`sqlite:///absolute/path.db`)."""
+
+    name = "sqlite"
+
+    def connect(self, url: str) -> Any:
+        import adbc_driver_sqlite.dbapi as adbc
+
+        path = Path(urlsplit(url).path)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file {path}")
+        return adbc.connect(str(path))
+
+    def qualified(self, t: TableSpec) -> str:
+        return self.quote(t.table_name) if t.schema_name == "public" else super().qualified(t)
+
+    def bound(self, n: int, typ: str) -> str:
+        return "?"
+
+    def columns(self, cat: Catalog, t: TableSpec, url: str) -> tuple[tuple[Column, ...], tuple[str, ...]]:
+        rows = cat.all("select name, type, pk from pragma_table_info($1)", (t.table_name,))
+        if not rows:
+            known = [r[0] for r in cat.all("select name from sqlite_master where type = 'table' order by 1 limit 20")]
+            raise self._missing(t, url, known)
+        columns = tuple(Column(n, (typ or "").lower(), -1, False) for n, typ, _ in rows)
+        pk = t.primary_key or tuple(n for n, _, k in sorted(rows, key=lambda r: r[2]) if k)
+        return columns, _checked_pk(t, columns, pk)
+
+    def indexed(self, cat: Catalog, t: TableSpec, column: str) -> bool:
+        for (index,) in cat.all("select name from pragma_index_list($1)", (t.table_name,)):
+            first = cat.one("select name from pragma_index_info($1) order by seqno limit 1", (index,))
+            if first and first[0] == column:
+                return True
+        return False
+
+    def is_integer(self, c: Column) -> bool:
+        return "int" in c.type
+
+    def cursor_ok(self, c: Column) -> bool:
+        return True  # SQLite stores any value in any column; ISO text and numbers both order correctly
+
+
+DIALECTS: dict[str, Dialect] = {"postgresql": PostgresDialect(), "postgres": PostgresDialect(),
+                                "sqlite": SqliteDialect()}
+
+
+def dialect_for(url: str) -> Dialect:
+    scheme = urlsplit(url).scheme
+    if scheme not in DIALECTS:
+        raise ConfigError(f"source database URL scheme {scheme!r} is not supported; use postgresql:// or sqlite:///")
+    return DIALECTS[scheme]
+
+
+def _checked_pk(t: TableSpec, columns: tuple[Column, ...], pk: tuple[str, ...]) -> tuple[str, ...]:
     missing = [c for c in pk if c not in {col.name for col in columns}]
     if missing:
         raise ConfigError(f"table {t.table}: primary_key column {missing[0]!r} does not exist")
-    return columns, pk
+    return pk
 
 
-def _indexed(conn: psycopg.Connection[Any], t: TableSpec, column: str) -> bool:
-    """True when some index of the table starts with `column`."""
-    row = conn.execute(
-        "select exists (select from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
-        " and a.attnum = i.indkey[0] where i.indrelid = to_regclass(%s) and a.attname = %s)",
-        (f"{quote_ident(t.schema_name)}.{quote_ident(t.table_name)}", column)).fetchone()
-    return bool(row and row[0])
-
-
-def _estimate(conn: psycopg.Connection[Any], t: TableSpec) -> int:
-    """The planner's row estimate (exact count when the table was never analysed)."""
-    qualified = f"{quote_ident(t.schema_name)}.{quote_ident(t.table_name)}"
-    row = conn.execute("select reltuples::bigint from pg_class where oid = to_regclass(%s)", (qualified,)).fetchone()
-    if row is None or row[0] < 0:
-        row = conn.execute(f"select count(*) from {qualified}").fetchone()  # type: ignore[arg-type]
-    return int(row[0]) if row else 0
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines[:3]) or type(exc).__name__
 
 
 def _before(a: Any, b: Any) -> bool:

@@ -159,3 +159,28 @@ def test_two_tables_making_one_stream_are_refused_with_the_fix():
     tables = "    - {table: a.orders}\n    - {table: b.orders}\n"
     with pytest.raises(SpecError, match=r"two tables make stream 'orders'; give one a `name:`"):
         parse_spec(spec_text("postgresql://u@localhost/db", tables))
+
+
+def test_a_sqlite_file_is_read_in_key_ranges_then_incrementally(settings, database, tmp_path):
+    import sqlite3
+
+    path = tmp_path / "shop.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table orders (id integer primary key, updated_at text not null, amount real, note text)")
+        conn.executemany("insert into orders values (?, ?, ?, ?)",
+                         [(i, f"2026-11-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}", i * 0.5, f"n{i}")
+                          for i in range(1, 12_001)])
+        conn.execute("create index orders_updated_at on orders (updated_at)")
+    tables = "    - {table: orders, cursor: updated_at}\n"
+    first = sync(settings, database, spec_text(f"sqlite:///{path}", tables, partition_rows=4_000))
+    assert (first.rows, first.partitions) == (12_000, 3)
+    with sqlite3.connect(path) as conn:
+        conn.execute("update orders set updated_at = '2026-11-02T00:00:00', note = 'changed' where id % 100 = 0")
+    second = sync(settings, database, spec_text(f"sqlite:///{path}", tables, partition_rows=4_000))
+    assert second.rows == 120
+    table = bronze_postgres(database.url, "raw_src_orders")
+    assert_exactly_once_per_extraction(table, ("id",))
+    notes = dict(zip(table.column("id").to_pylist(), table.column("note").to_pylist()))
+    assert notes[100] in ("n100", "changed") and table.num_rows == 12_120
+    with pytest.raises(RunFailed, match=r"table orderz does not exist in sqlite:///.*tables there include: orders"):
+        sync(settings, database, spec_text(f"sqlite:///{path}", "    - {table: orderz}\n", mode="full"))
