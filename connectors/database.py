@@ -1,7 +1,7 @@
 """The `database` source (FR-010): tables of a database, read in parallel key ranges straight into Arrow.
 
-PostgreSQL (`postgresql://`) and SQLite files (`sqlite:///path`), both through ADBC drivers that hand
-Arrow batches over without Python objects per row; a `Dialect` holds what differs (catalog, quoting,
+PostgreSQL (`postgresql://`) and SQLite files (`sqlite:///path`) through ADBC, MySQL and MariaDB
+(`mysql://`) through connectorx: drivers that hand Arrow batches over without Python objects per row; a `Dialect` holds what differs (catalog, quoting,
 bound values, types). Each table is a stream. Planning asks the source
 once: the table and columns exist, the primary key, the partition key (the integer primary key unless
 `partition_on` names another indexed integer column), its min and max, and the row estimate; the key
@@ -103,8 +103,8 @@ class DatabaseSource(SpecModel):
             if redact_url(value) != value:
                 raise ValueError("the URL carries a password; store the whole URL as a secret "
                                  "(`ipai secret set NAME`) and write url: {secret: NAME}")
-            if not value.startswith(("postgresql://", "postgres://", "sqlite:///")):
-                raise ValueError("use a postgresql:// or sqlite:/// URL")
+            if not value.startswith(("postgresql://", "postgres://", "mysql://", "mariadb://", "sqlite:///")):
+                raise ValueError("use a postgresql://, mysql:// (MySQL, MariaDB) or sqlite:/// URL")
         return value
 
 
@@ -237,7 +237,8 @@ class DatabaseStream:
         if window is not None:
             c, typ = d.quote(t.cursor or ""), by_name[t.cursor or ""].type
             row = cat.one(f"select count(*), min({q}), max({q}) from {d.qualified(t)}"
-                          f" where {c} > {d.bound(1, typ)} and {c} <= {d.bound(2, typ)}", window)
+                          f" where {c} > {d.bound(1, typ)} and {c} <= {d.bound(2, typ)}",
+                          tuple(d.value(v, typ) for v in window))
             rows, lo, hi = row if row else (0, None, None)
         else:
             row = cat.one(f"select min({q}), max({q}) from {d.qualified(t)}")
@@ -278,11 +279,11 @@ class DatabaseReader:
             c = d.quote(t.cursor)
             if lo is not None:
                 conds.append(f"{c} > {d.bound(len(params) + 1, cursor_type)}")
-                params.append(lo)
+                params.append(d.value(lo, cursor_type))
             # The first extraction also takes rows whose cursor is null; later ones cannot see them change.
             null = f" or {c} is null" if lo is None else ""
             conds.append(f"({c} <= {d.bound(len(params) + 1, cursor_type)}{null})")
-            params.append(hi)
+            params.append(d.value(hi, cursor_type))
         sql = f"select {d.select_list(columns)} from {d.qualified(t)}" + (
             f" where {' and '.join(conds)}" if conds else "")
         casts = {c.name: typ for c in columns if (typ := d.arrow_type(c)) is not None}
@@ -360,6 +361,10 @@ class Dialect:
     def bound(self, n: int, typ: str) -> str:
         """Placeholder of the n-th bound value, cast to the column type `typ` where the database needs it."""
         raise NotImplementedError
+
+    def value(self, v: Any, typ: str) -> Any:
+        """A cursor bound as the database wants it (default: as stored)."""
+        return v
 
     def columns(self, cat: Catalog, t: TableSpec, url: str) -> tuple[tuple[Column, ...], tuple[str, ...]]:
         raise NotImplementedError
@@ -484,14 +489,127 @@ class SqliteDialect(Dialect):
         return True  # SQLite stores any value in any column; ISO text and numbers both order correctly
 
 
+class _MysqlCatalog(Catalog):
+    """PyMySQL's cursor: values bound by the driver (`%s` placeholders)."""
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        self.cur.execute(sql, params or None)
+        row = self.cur.fetchone()
+        return tuple(row) if row is not None else None
+
+    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        self.cur.execute(sql, params or None)
+        return [tuple(r) for r in self.cur.fetchall()]
+
+
+MYSQL_INTEGERS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+MYSQL_CURSORS = MYSQL_INTEGERS | {"decimal", "date", "datetime", "timestamp"}
+UTC_SESSION = "SET time_zone = '+00:00'"
+
+
+class MysqlDialect(Dialect):
+    """MySQL and MariaDB (`mysql://user@host:port/db`): the catalog through PyMySQL, rows through connectorx
+    (Rust, straight into Arrow). connectorx takes no bound parameters, so the query it runs is rendered by
+    PyMySQL's own parameter escaping (`mogrify`), the same path PyMySQL binds with. Sessions run in UTC, so
+    TIMESTAMP columns arrive as UTC instants."""
+
+    name = "mysql"
+
+    def _params(self, url: str) -> dict[str, Any]:
+        u = urlsplit(url)
+        return {"host": u.hostname or "127.0.0.1", "port": u.port or 3306, "user": u.username or "root",
+                "password": u.password or "", "database": u.path.lstrip("/") or None, "connect_timeout": 10}
+
+    def connect(self, url: str) -> Any:
+        import pymysql
+
+        conn = pymysql.connect(**self._params(url))
+        with conn.cursor() as cur:
+            cur.execute(UTC_SESSION)
+        return conn
+
+    @contextmanager
+    def catalog(self, url: str) -> Iterator[Catalog]:
+        with super().catalog(url) as cat:
+            yield _MysqlCatalog(cat.conn)
+
+    def read(self, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
+        import connectorx as cx
+
+        with self.catalog(url) as cat:
+            query = cat.cur.mogrify(sql, params or None)
+        try:
+            reader = cx.read_sql("mysql://" + url.split("://", 1)[1], query, return_type="arrow_stream",
+                                 pre_execution_query=[UTC_SESSION])
+        except Exception as exc:  # noqa: BLE001 - the driver's message, with the URL redacted
+            raise ConfigError(f"source database {redact_url(url)}: {_redact(url, _first_line(exc))}") from None
+        yield from reader
+
+    def quote(self, name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+    def qualified(self, t: TableSpec) -> str:
+        return self.quote(t.table_name) if "." not in t.table else super().qualified(t)
+
+    def _schema(self, t: TableSpec) -> str | None:
+        return t.schema_name if "." in t.table else None
+
+    def bound(self, n: int, typ: str) -> str:
+        return "%s"
+
+    def value(self, v: Any, typ: str) -> Any:
+        return datetime.fromisoformat(v) if isinstance(v, str) and typ in ("datetime", "timestamp") else v
+
+    def columns(self, cat: Catalog, t: TableSpec, url: str) -> tuple[tuple[Column, ...], tuple[str, ...]]:
+        where = "table_schema = coalesce(%s, database()) and table_name = %s"
+        args = (self._schema(t), t.table_name)
+        rows = cat.all("select column_name, data_type, coalesce(numeric_precision, 0) * 65536"
+                       " + coalesce(numeric_scale, 0) + 4 from information_schema.columns"
+                       f" where {where} order by ordinal_position", args)
+        if not rows:
+            known = [r[0] for r in cat.all("select table_name from information_schema.tables"
+                                           " where table_schema = database() order by 1 limit 20")]
+            raise self._missing(t, url, known)
+        columns = tuple(Column(n, str(typ).lower(), int(mod), False) for n, typ, mod in rows)
+        pk = t.primary_key or tuple(r[0] for r in cat.all(
+            f"select column_name from information_schema.key_column_usage where {where}"
+            " and constraint_name = 'PRIMARY' order by ordinal_position", args))
+        return columns, _checked_pk(t, columns, pk)
+
+    def indexed(self, cat: Catalog, t: TableSpec, column: str) -> bool:
+        row = cat.one("select count(*) from information_schema.statistics where table_schema ="
+                      " coalesce(%s, database()) and table_name = %s and column_name = %s and seq_in_index = 1",
+                      (self._schema(t), t.table_name, column))
+        return bool(row and row[0])
+
+    def estimate(self, cat: Catalog, t: TableSpec) -> int:
+        row = cat.one("select table_rows from information_schema.tables where table_schema ="
+                      " coalesce(%s, database()) and table_name = %s", (self._schema(t), t.table_name))
+        return int(row[0]) if row and row[0] is not None else super().estimate(cat, t)
+
+    def is_integer(self, c: Column) -> bool:
+        return c.type in MYSQL_INTEGERS
+
+    def cursor_ok(self, c: Column) -> bool:
+        return c.type in MYSQL_CURSORS
+
+    def arrow_type(self, c: Column) -> pa.DataType | None:
+        if c.type == "decimal" and ((c.typmod - 4) >> 16) <= 38:
+            return pa.decimal128((c.typmod - 4) >> 16, (c.typmod - 4) & 0xFFFF)
+        if c.type == "timestamp":
+            return pa.timestamp("us", tz="UTC")
+        return None
+
+
 DIALECTS: dict[str, Dialect] = {"postgresql": PostgresDialect(), "postgres": PostgresDialect(),
-                                "sqlite": SqliteDialect()}
+                                "sqlite": SqliteDialect(), "mysql": MysqlDialect(), "mariadb": MysqlDialect()}
 
 
 def dialect_for(url: str) -> Dialect:
     scheme = urlsplit(url).scheme
     if scheme not in DIALECTS:
-        raise ConfigError(f"source database URL scheme {scheme!r} is not supported; use postgresql:// or sqlite:///")
+        raise ConfigError(f"source database URL scheme {scheme!r} is not supported; "
+                          "use postgresql://, mysql:// (MySQL, MariaDB) or sqlite:///")
     return DIALECTS[scheme]
 
 

@@ -5,7 +5,7 @@ errors that name the table, the column or the server (password redacted)."""
 from __future__ import annotations
 
 import decimal
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -184,3 +184,56 @@ def test_a_sqlite_file_is_read_in_key_ranges_then_incrementally(settings, databa
     assert notes[100] in ("n100", "changed") and table.num_rows == 12_120
     with pytest.raises(RunFailed, match=r"table orderz does not exist in sqlite:///.*tables there include: orders"):
         sync(settings, database, spec_text(f"sqlite:///{path}", "    - {table: orderz}\n", mode="full"))
+
+
+MARIADB = "mysql://root@127.0.0.1:3306"
+
+
+@pytest.fixture
+def mariadb() -> Any:
+    """A fresh MariaDB/MySQL database on the local server; skipped where none runs."""
+    import uuid
+
+    import pymysql
+
+    try:
+        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", connect_timeout=3)
+    except pymysql.err.OperationalError as exc:
+        pytest.skip(f"no MariaDB/MySQL server at 127.0.0.1:3306 ({exc.args[-1]})")
+    name = f"ipai_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"create database {name}")
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database=name, autocommit=True)
+    try:
+        yield name, conn
+    finally:
+        conn.close()
+        with admin.cursor() as cur:
+            cur.execute(f"drop database if exists {name}")
+        admin.close()
+
+
+def test_a_mariadb_table_is_read_in_key_ranges_with_its_types_then_incrementally(mariadb, settings, database):
+    name, conn = mariadb
+    with conn.cursor() as cur:
+        cur.execute("create table orders (id bigint primary key, updated_at datetime(6) not null, placed timestamp(6)"
+                    " null, amount decimal(12,2), status enum('placed','paid'), meta json, index (updated_at))")
+        cur.execute("set time_zone = '+00:00'")
+        cur.executemany("insert into orders values (%s, %s, %s, %s, %s, %s)",
+                        [(i, datetime(2026, 11, 1) + timedelta(seconds=i), datetime(2026, 11, 1, 12), f"{i}.25",
+                          "paid" if i % 2 else "placed", f'{{"n": {i}}}') for i in range(1, 9_001)])
+    tables = "    - {table: orders, cursor: updated_at}\n"
+    url = f"{MARIADB}/{name}"
+    first = sync(settings, database, spec_text(url, tables, partition_rows=3_000))
+    assert first.rows == 9_000 and first.partitions >= 3  # InnoDB's row count is an estimate
+    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_orders")
+    assert delta.schema.field("amount").type == pa.decimal128(12, 2)
+    assert delta.schema.field("placed").type == pa.timestamp("us", tz="UTC")
+    row = delta.filter(pa.compute.equal(delta.column("id"), 7)).to_pylist()[0]
+    assert row["amount"] == decimal.Decimal("7.25") and row["status"] == "paid"
+    assert row["placed"] == datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
+    with conn.cursor() as cur:
+        cur.execute("update orders set updated_at = '2026-11-03 00:00:00', amount = 0 where id % 90 = 0")
+    second = sync(settings, database, spec_text(url, tables, partition_rows=3_000))
+    assert second.rows == 100
+    assert_exactly_once_per_extraction(bronze_postgres(database.url, "raw_src_orders"), ("id",))
