@@ -26,3 +26,4 @@ bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_bronze.py --rows-list 1000000,5000000 --warm-ray
 	$(BIN)/python benchmarks/bench_http.py --warm-ray
+	$(BIN)/python benchmarks/bench_sql.py --warm-ray
