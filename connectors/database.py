@@ -263,9 +263,12 @@ class DatabaseReader:
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
         d = dialect_for(self.url)
+        with d.catalog(self.url) as cat:  # one connection: the catalog, then the rows
+            yield from self._read(d, cat, partition)
+
+    def _read(self, d: Dialect, cat: Catalog, partition: Partition) -> Iterator[pa.RecordBatch]:
         t = self.stream.table
-        with d.catalog(self.url) as cat:
-            columns, _ = d.columns(cat, t, self.url)
+        columns, _ = d.columns(cat, t, self.url)
         cursor_type = next((c.type for c in columns if c.name == t.cursor), "")
         where = dict(partition.where)
         conds: list[str] = []
@@ -287,7 +290,7 @@ class DatabaseReader:
         sql = f"select {d.select_list(columns)} from {d.qualified(t)}" + (
             f" where {' and '.join(conds)}" if conds else "")
         casts = {c.name: typ for c in columns if (typ := d.arrow_type(c)) is not None}
-        for batch in d.read(self.url, sql, tuple(params)):
+        for batch in d.read(cat, self.url, sql, tuple(params)):
             yield _normalise(batch, casts)
 
 
@@ -347,10 +350,10 @@ class Dialect:
         finally:
             conn.close()
 
-    def read(self, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
-        with self.catalog(url) as cat:
-            cat.cur.execute(sql, parameters=params or None)
-            yield from cat.cur.fetch_record_batch()
+    def read(self, cat: Catalog, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
+        """Run the partition's query on the catalog's connection, batch by batch."""
+        cat.cur.execute(sql, parameters=params or None)
+        yield from cat.cur.fetch_record_batch()
 
     def quote(self, name: str) -> str:
         return quote_ident(name)
@@ -533,11 +536,10 @@ class MysqlDialect(Dialect):
         with super().catalog(url) as cat:
             yield _MysqlCatalog(cat.conn)
 
-    def read(self, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
+    def read(self, cat: Catalog, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
         import connectorx as cx
 
-        with self.catalog(url) as cat:
-            query = cat.cur.mogrify(sql, params or None)
+        query = cat.cur.mogrify(sql, params or None)
         try:
             reader = cx.read_sql("mysql://" + url.split("://", 1)[1], query, return_type="arrow_stream",
                                  pre_execution_query=[UTC_SESSION])
