@@ -32,15 +32,10 @@ PACIFIC = ZoneInfo("America/Los_Angeles")
 
 
 @pytest.fixture
-def ga(monkeypatch: pytest.MonkeyPatch, vault, ray_cluster) -> Iterator[EmulatorProcess]:
+def ga(monkeypatch: pytest.MonkeyPatch, vault) -> Iterator[EmulatorProcess]:
     monkeypatch.setenv("IPAI_DEV_MODE", "1")
     vault.set("ga4_token", TOKEN)
     monkeypatch.setenv("IPAI_CREDENTIAL_IDLE_S", "20")
-    # A credential's actor outlives its test by up to 20 s, and a new emulator may get the port of the last
-    # one: start each test without another test's budget (its remembered quota would decide for this one).
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["name"].startswith("credential-"):
-            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
     with EmulatorProcess("ga4", "--token", TOKEN, "--properties", ",".join(PROPERTIES), "--days", str(DAYS + 2),
                          "--today", today().isoformat(), "--rows-per-day", "400") as e:
         yield e
