@@ -15,6 +15,16 @@ A run whose changes fit one partition reads them in one (the cursor's index does
 split by key range. A cursor column without an index gets a warning with its cost. Rows whose cursor is
 null are read by the first extraction (and full syncs) only.
 
+A stream may be a query instead of a table (`query:` a SELECT, with a `name:`): planning and reads wrap it
+as a subquery (`select ... from (<query>) as q where <key range> and <cursor window>`), so key ranges and
+cursor windows work unchanged and the database pushes them into the query. Its columns and types come
+from the database's own description of the result, without running it and without writing to the
+database (a read-only replica will do): PostgreSQL prepares it (result types and modifiers), MySQL and
+MariaDB run it with `limit 0` (the result's description), SQLite reads a temporary view of it. A query
+that does not compile is refused while planning, with the server's message. Its primary key is what
+`primary_key:` says; whether its cursor is indexed cannot be known, so no index warning is given, and
+it has no change log to follow (no sync_mode cdc).
+
 Types (PostgreSQL) are mapped faithfully: integers, floats, booleans, text, enums (as text), dates, timestamps (with
 and without time zone), bytea, arrays of scalars as lists, numeric(p,s) with p <= 38 as decimal(p,s);
 unconstrained numeric, json/jsonb, uuid, interval and any other type as their exact text.
@@ -23,7 +33,9 @@ Identifiers are quoted through one helper (`layers.postgres.quote_ident`); value
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +45,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.errors import ConfigError
 from engine.protocol import Partition, Plan, PlanContext, ReadContext
@@ -49,30 +61,60 @@ CURSOR_TYPES = {"int2", "int4", "int8", "timestamp", "timestamptz", "date", "num
 
 
 class TableSpec(SpecModel):
-    """One table to sync as a stream."""
+    """One table, or one query, to sync as a stream."""
 
-    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+    table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
     """`schema.table`, or `table` in `public`."""
+    query: str | None = None
+    """A SELECT (or WITH ... SELECT) read instead of a table; needs `name:`. `cursor`, `primary_key` and
+    `partition_on` then name columns of its result."""
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     """Stream name (bronze table `raw_<spec name>_<name>`); defaults to the table's name in lower case."""
     cursor: str | None = None
     """Column that grows when a row changes (`updated_at`, `write_date`, a sequence); needed for incremental."""
     primary_key: tuple[str, ...] = ()
-    """Defaults to the table's primary key."""
+    """Defaults to the table's primary key (a query has none unless given)."""
     partition_on: str | None = None
     """Integer column to cut into ranges; defaults to a single-column integer primary key."""
+    slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$")
+    """sync_mode cdc (PostgreSQL): the replication slot and publication; defaults to `ipai_<spec>_<stream>`."""
+
+    @field_validator("query")
+    @classmethod
+    def _one_select(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        text = value.strip().rstrip(";").rstrip()
+        if not re.match(r"(?is)^(select|with)\b", text):
+            raise ValueError("a query stream reads one SELECT (or WITH ... SELECT) statement")
+        return text
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> TableSpec:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of `table:` and `query:`")
+        if self.query is not None and self.name is None:
+            raise ValueError("a query stream needs `name:` (its bronze table is raw_<spec name>_<name>)")
+        return self
 
     @property
     def schema_name(self) -> str:
+        assert self.table is not None, "a query stream has no schema"
         return self.table.split(".")[0] if "." in self.table else "public"
 
     @property
     def table_name(self) -> str:
+        assert self.table is not None, "a query stream has no table"
         return self.table.split(".")[-1]
 
     @property
     def stream_name(self) -> str:
         return self.name or self.table_name.lower()
+
+    @property
+    def label(self) -> str:
+        """How messages name what the stream reads."""
+        return self.table or f"the query of stream {self.name}"
 
 
 class DatabaseSource(SpecModel):
@@ -113,6 +155,14 @@ class DatabaseSpec(ConnectorSpec):
 
     source_type: Literal["database"]
     source: DatabaseSource
+
+    @model_validator(mode="after")
+    def _no_query_follows_the_log(self) -> DatabaseSpec:
+        for t in self.source.tables:
+            if t.query is not None and self.stream_mode(t.stream_name) == "cdc":
+                raise ValueError(f"stream {t.stream_name}: a query has no change log to follow (sync_mode cdc); "
+                                 "read it incrementally, or stream its tables with cdc")
+        return self
 
 
 @dataclass(frozen=True)
@@ -166,6 +216,8 @@ class DatabaseStream:
     table: TableSpec
     partition_rows: int
     lookback_s: int
+    cdc: bool = False
+    """The spec streams this table with sync_mode cdc."""
 
     @property
     def name(self) -> str:
@@ -179,40 +231,73 @@ class DatabaseStream:
     def cursor_field(self) -> str | None:
         return self.table.cursor
 
+    supports_cdc = True
+    """sync_mode cdc follows PostgreSQL's write-ahead log (connectors.pgcdc); other databases refuse it."""
+
     def schema(self) -> pa.Schema | None:
         return None
 
     def _url(self, secrets: dict[str, str]) -> str:
         return secrets[self.url.secret] if isinstance(self.url, SecretRef) else self.url
 
+    def partition_key(self, d: Dialect, by_name: dict[str, Column], pk: tuple[str, ...]) -> str | None:
+        """The integer column cut into ranges: `partition_on`, else a single-column integer primary key."""
+        key = self.table.partition_on or (pk[0] if len(pk) == 1 and d.is_integer(by_name[pk[0]]) else None)
+        if key is not None and not d.is_integer(by_name[key]):
+            raise ConfigError(f"stream {self.name}: partition_on column {key!r} is {by_name[key].type}; "
+                              "give an integer column")
+        return key
+
+    def resumable(self, partitions: list[Partition]) -> bool:
+        """Whether an unfinished extraction can go on (a CDC snapshot cannot outlive the run that exported it)."""
+        from connectors import pgcdc
+
+        return pgcdc.resumable(self, partitions)
+
+    def committed(self, cursor: Any, secrets: dict[str, str]) -> None:
+        """Called once the stream's extraction is committed in bronze: a CDC slot confirms `cursor`."""
+        if self.cdc:
+            from connectors import pgcdc
+
+            pgcdc.committed(self, cursor, self._url(secrets))
+
+    def release(self) -> None:
+        """The run is over: a CDC snapshot it exported is let go (an open snapshot holds back the source's
+        vacuum; a later run that finds its extraction unfinished takes a new one)."""
+        if self.cdc:
+            from connectors import pgcdc
+
+            pgcdc.close_snapshot(pgcdc.slot_name(self))
+
     def plan(self, ctx: PlanContext) -> Plan:
         url = self._url(ctx.secrets)
         d = dialect_for(url)
+        if ctx.sync_mode == "cdc":
+            from connectors import pgcdc
+
+            return pgcdc.plan(self, ctx, url)
         t = self.table
         with d.catalog(url) as cat:
-            columns, pk = d.columns(cat, t, url)
+            columns, pk = d.describe(cat, t, url)
             by_name = {c.name: c for c in columns}
             for field, col in (("cursor", t.cursor), ("partition_on", t.partition_on)):
                 if col is not None and col not in by_name:
-                    raise ConfigError(f"stream {self.name}: {field} column {col!r} does not exist in {t.table}; "
+                    raise ConfigError(f"stream {self.name}: {field} column {col!r} does not exist in {t.label}; "
                                       f"its columns: {', '.join(by_name)}")
             if ctx.sync_mode == "incremental" and t.cursor is None:
                 raise ConfigError(f"stream {self.name}: incremental sync needs `cursor:` (a column that grows when a "
-                                  f"row changes) for {t.table}, or sync_mode full")
+                                  f"row changes) for {t.label}, or sync_mode full")
             if t.cursor is not None and not d.cursor_ok(by_name[t.cursor]):
                 raise ConfigError(f"stream {self.name}: cursor column {t.cursor!r} is {by_name[t.cursor].type}; "
                                   "use an integer, numeric, date or timestamp column")
-            key = t.partition_on or (pk[0] if len(pk) == 1 and d.is_integer(by_name[pk[0]]) else None)
-            if key is not None and not d.is_integer(by_name[key]):
-                raise ConfigError(f"stream {self.name}: partition_on column {key!r} is {by_name[key].type}; "
-                                  "give an integer column")
+            key = self.partition_key(d, by_name, pk)
             warnings: list[str] = []
             cursor_lo = cursor_hi = None
             if t.cursor is not None and ctx.sync_mode == "incremental":
-                if not d.indexed(cat, t, t.cursor):
+                if t.table is not None and not d.indexed(cat, t, t.cursor):
                     warnings.append(f"{t.table}.{t.cursor} has no index: each incremental run reads the whole table "
                                     f"(about {d.estimate(cat, t):,} rows) to find changed rows; create an index on it")
-                row = cat.one(f"select max({d.quote(t.cursor)}) from {d.qualified(t)}")
+                row = cat.one(f"select max({d.quote(t.cursor)}) from {d.relation(t)}")
                 cursor_hi = _to_json(row[0]) if row else None
                 cursor_lo = self._lookback(ctx.cursor, by_name[t.cursor].type)
                 if cursor_hi is None or (cursor_lo is not None and not _before(cursor_lo, cursor_hi)):
@@ -236,12 +321,12 @@ class DatabaseStream:
         q = d.quote(key)
         if window is not None:
             c, typ = d.quote(t.cursor or ""), by_name[t.cursor or ""].type
-            row = cat.one(f"select count(*), min({q}), max({q}) from {d.qualified(t)}"
+            row = cat.one(f"select count(*), min({q}), max({q}) from {d.relation(t)}"
                           f" where {c} > {d.bound(1, typ)} and {c} <= {d.bound(2, typ)}",
                           tuple(d.value(v, typ) for v in window))
             rows, lo, hi = row if row else (0, None, None)
         else:
-            row = cat.one(f"select min({q}), max({q}) from {d.qualified(t)}")
+            row = cat.one(f"select min({q}), max({q}) from {d.relation(t)}")
             lo, hi = row if row else (None, None)
             rows = d.estimate(cat, t)
         if lo is None or hi is None:
@@ -262,13 +347,23 @@ class DatabaseReader:
         self.stream, self.url = stream, url
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
+        from connectors import pgcdc
+
         d = dialect_for(self.url)
-        with d.catalog(self.url) as cat:  # one connection: the catalog, then the rows
-            yield from self._read(d, cat, partition)
+        where = dict(partition.where)
+        if "slot" in where:  # CDC: the changes of a window of the replication slot
+            with d.catalog(self.url) as cat:
+                columns, pk = d.columns(cat, self.stream.table, self.url)
+            yield from pgcdc.read_changes(columns, pk, self.url, partition)
+            return
+        snapshot = where.get("snapshot")
+        with d.catalog(self.url, snapshot=snapshot) as cat:  # one connection: the catalog, then the rows
+            for batch in self._read(d, cat, partition):
+                yield batch if snapshot is None else pgcdc.with_snapshot_columns(batch, where["lsn"])
 
     def _read(self, d: Dialect, cat: Catalog, partition: Partition) -> Iterator[pa.RecordBatch]:
         t = self.stream.table
-        columns, _ = d.columns(cat, t, self.url)
+        columns, _ = d.describe(cat, t, self.url)
         cursor_type = next((c.type for c in columns if c.name == t.cursor), "")
         where = dict(partition.where)
         conds: list[str] = []
@@ -287,7 +382,7 @@ class DatabaseReader:
             null = f" or {c} is null" if lo is None else ""
             conds.append(f"({c} <= {d.bound(len(params) + 1, cursor_type)}{null})")
             params.append(d.value(hi, cursor_type))
-        sql = f"select {d.select_list(columns)} from {d.qualified(t)}" + (
+        sql = f"select {d.select_list(columns)} from {d.relation(t)}" + (
             f" where {' and '.join(conds)}" if conds else "")
         casts = {c.name: typ for c in columns if (typ := d.arrow_type(c)) is not None}
         for batch in d.read(cat, self.url, sql, tuple(params)):
@@ -300,6 +395,8 @@ def _normalise(batch: pa.RecordBatch, casts: dict[str, pa.DataType]) -> pa.Recor
     for field, col in zip(batch.schema, batch.columns, strict=True):
         if isinstance(col, pa.ExtensionArray):
             col = col.storage
+        if pa.types.is_list(col.type) and col.type.value_field.metadata:
+            col = col.cast(pa.list_(col.type.value_type))  # the driver's note on the element type
         if field.name in casts:
             col = col.cast(casts[field.name])
         arrays.append(col)
@@ -336,13 +433,14 @@ class Dialect:
 
     name = ""
 
-    def connect(self, url: str) -> Any:
+    def connect(self, url: str, snapshot: str | None = None) -> Any:
+        """A connection; with `snapshot`, inside a read-only transaction that imports that exported snapshot."""
         raise NotImplementedError
 
     @contextmanager
-    def catalog(self, url: str) -> Iterator[Catalog]:
+    def catalog(self, url: str, snapshot: str | None = None) -> Iterator[Catalog]:
         try:
-            conn = self.connect(url)
+            conn = self.connect(url, snapshot)
         except Exception as exc:  # noqa: BLE001 - any driver's failure, reported with the URL redacted
             raise ConfigError(f"source database {redact_url(url)}: {_redact(url, _first_line(exc))}") from None
         try:
@@ -361,6 +459,26 @@ class Dialect:
     def qualified(self, t: TableSpec) -> str:
         return f"{self.quote(t.schema_name)}.{self.quote(t.table_name)}"
 
+    def relation(self, t: TableSpec) -> str:
+        """What a stream's SQL reads from: its table, or its query as the subquery `q`."""
+        return self.qualified(t) if t.query is None else f"({t.query}) as q"
+
+    def describe(self, cat: Catalog, t: TableSpec, url: str) -> tuple[tuple[Column, ...], tuple[str, ...]]:
+        """The columns and primary key of what a stream reads: a table's from the catalog, a query's from the
+        database's description of its result (a query that does not compile is refused with the server's words)."""
+        if t.query is None:
+            return self.columns(cat, t, url)
+        try:
+            columns = self.query_columns(cat, t)
+        except Exception as exc:  # noqa: BLE001 - any driver's failure, reported with the URL redacted
+            raise ConfigError(f"stream {t.name}: its query does not compile on {redact_url(url)}: "
+                              f"{_redact(url, _first_line(exc))}") from None
+        return columns, _checked_pk(t, columns, t.primary_key)
+
+    def query_columns(self, cat: Catalog, t: TableSpec) -> tuple[Column, ...]:
+        """The result columns of a query stream, found without reading its rows or writing anything."""
+        raise NotImplementedError
+
     def bound(self, n: int, typ: str) -> str:
         """Placeholder of the n-th bound value, cast to the column type `typ` where the database needs it."""
         raise NotImplementedError
@@ -376,7 +494,7 @@ class Dialect:
         raise NotImplementedError
 
     def estimate(self, cat: Catalog, t: TableSpec) -> int:
-        row = cat.one(f"select count(*) from {self.qualified(t)}")
+        row = cat.one(f"select count(*) from {self.relation(t)}")
         return int(row[0]) if row else 0
 
     def is_integer(self, c: Column) -> bool:
@@ -401,10 +519,23 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
 
-    def connect(self, url: str) -> Any:
+    def connect(self, url: str, snapshot: str | None = None) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
 
-        return adbc.connect(url)
+        if snapshot is None:
+            return adbc.connect(url)
+        from connectors.pgcdc import snapshot_name
+
+        conn = adbc.connect(url, autocommit=True)  # the transaction is ours: it must import the snapshot first
+        cur = conn.cursor()
+        cur.execute("begin isolation level repeatable read read only")
+        try:
+            cur.execute(f"set transaction snapshot '{snapshot_name(snapshot)}'")
+        except Exception as exc:  # noqa: BLE001 - the driver's error, said in our words
+            conn.close()
+            raise RuntimeError(f"the CDC snapshot {snapshot} is gone (the run that exported it ended; the next "
+                               f"run starts a new one): {_first_line(exc)}") from None
+        return conn
 
     def bound(self, n: int, typ: str) -> str:
         return f"${n}::{typ}" if typ else f"${n}"
@@ -434,8 +565,20 @@ class PostgresDialect(Dialect):
 
     def estimate(self, cat: Catalog, t: TableSpec) -> int:
         """The planner's row estimate (an exact count when the table was never analysed)."""
+        if t.query is not None:
+            return _planned_rows(cat, self.relation(t))
         row = cat.one("select reltuples::bigint from pg_class where oid = to_regclass($1)", (self.qualified(t),))
         return int(row[0]) if row and row[0] >= 0 else super().estimate(cat, t)
+
+    def query_columns(self, cat: Catalog, t: TableSpec) -> tuple[Column, ...]:
+        # Prepared, not run: the driver reports each result column's type name and modifier (numeric(p,s)).
+        schema = cat.cur.adbc_execute_schema(f"select * from {self.relation(t)}")
+        out = []
+        for f in schema:
+            meta = f.metadata or {}
+            typ = meta.get(b"POSTGRESQL:type", b"").decode()
+            out.append(Column(f.name, typ, int(meta.get(b"POSTGRESQL:typmod", b"-1")), False))
+        return tuple(out)
 
     def is_integer(self, c: Column) -> bool:
         return c.type in INTEGER_TYPES
@@ -455,7 +598,7 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
 
-    def connect(self, url: str) -> Any:
+    def connect(self, url: str, snapshot: str | None = None) -> Any:
         import adbc_driver_sqlite.dbapi as adbc
 
         path = Path(urlsplit(url).path)
@@ -478,6 +621,14 @@ class SqliteDialect(Dialect):
         pk = t.primary_key or tuple(n for n, _, k in sorted(rows, key=lambda r: r[2]) if k)
         return columns, _checked_pk(t, columns, pk)
 
+    def query_columns(self, cat: Catalog, t: TableSpec) -> tuple[Column, ...]:
+        # A temporary view (this connection's only) declares the types of the columns the query passes through.
+        view = f"ipai_query_{t.name}"
+        cat.cur.execute(f"drop view if exists temp.{self.quote(view)}")
+        cat.cur.execute(f"create temp view {self.quote(view)} as {t.query}")
+        rows = cat.all("select name, type from pragma_table_info($1)", (view,))
+        return tuple(Column(n, (typ or "").lower(), -1, False) for n, typ in rows)
+
     def indexed(self, cat: Catalog, t: TableSpec, column: str) -> bool:
         for (index,) in cat.all("select name from pragma_index_list($1)", (t.table_name,)):
             first = cat.one("select name from pragma_index_info($1) order by seqno limit 1", (index,))
@@ -493,16 +644,24 @@ class SqliteDialect(Dialect):
 
 
 class _MysqlCatalog(Catalog):
-    """PyMySQL's cursor: values bound by the driver (`%s` placeholders)."""
+    """PyMySQL's cursor: values bound by the driver (`%s` placeholders). Every statement goes through its
+    formatting, even without values, so a `%` of a query stream is always written `%%` (see `relation`)."""
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        self.cur.execute(sql, params or None)
+        self.cur.execute(sql, params)
         row = self.cur.fetchone()
         return tuple(row) if row is not None else None
 
     def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        self.cur.execute(sql, params or None)
+        self.cur.execute(sql, params)
         return [tuple(r) for r in self.cur.fetchall()]
+
+
+MYSQL_FIELD_TYPES = {0: "decimal", 1: "tinyint", 2: "smallint", 3: "int", 4: "float", 5: "double", 7: "timestamp",
+                     8: "bigint", 9: "mediumint", 10: "date", 11: "time", 12: "datetime", 13: "year", 14: "date",
+                     15: "varchar", 16: "bit", 245: "json", 246: "decimal", 247: "enum", 248: "set", 249: "blob",
+                     250: "blob", 251: "blob", 252: "blob", 253: "varchar", 254: "char", 255: "geometry"}
+"""PyMySQL's `FIELD_TYPE` codes of a result's description, as information_schema names the types."""
 
 
 MYSQL_INTEGERS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
@@ -523,7 +682,7 @@ class MysqlDialect(Dialect):
         return {"host": u.hostname or "127.0.0.1", "port": u.port or 3306, "user": u.username or "root",
                 "password": u.password or "", "database": u.path.lstrip("/") or None, "connect_timeout": 10}
 
-    def connect(self, url: str) -> Any:
+    def connect(self, url: str, snapshot: str | None = None) -> Any:
         import pymysql
 
         conn = pymysql.connect(**self._params(url))
@@ -532,14 +691,14 @@ class MysqlDialect(Dialect):
         return conn
 
     @contextmanager
-    def catalog(self, url: str) -> Iterator[Catalog]:
-        with super().catalog(url) as cat:
+    def catalog(self, url: str, snapshot: str | None = None) -> Iterator[Catalog]:
+        with super().catalog(url, snapshot) as cat:
             yield _MysqlCatalog(cat.conn)
 
     def read(self, cat: Catalog, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
         import connectorx as cx
 
-        query = cat.cur.mogrify(sql, params or None)
+        query = cat.cur.mogrify(sql, params)
         try:
             reader = cx.read_sql("mysql://" + url.split("://", 1)[1], query, return_type="arrow_stream",
                                  pre_execution_query=[UTC_SESSION])
@@ -551,10 +710,25 @@ class MysqlDialect(Dialect):
         return "`" + name.replace("`", "``") + "`"
 
     def qualified(self, t: TableSpec) -> str:
-        return self.quote(t.table_name) if "." not in t.table else super().qualified(t)
+        return self.quote(t.table_name) if "." not in (t.table or "") else super().qualified(t)
 
     def _schema(self, t: TableSpec) -> str | None:
-        return t.schema_name if "." in t.table else None
+        return t.schema_name if "." in (t.table or "") else None
+
+    def relation(self, t: TableSpec) -> str:
+        return super().relation(t) if t.query is None else f"({t.query.replace('%', '%%')}) as q"
+
+    def query_columns(self, cat: Catalog, t: TableSpec) -> tuple[Column, ...]:
+        # MySQL describes no query without running it, and information_schema knows no temporary view: the
+        # result of `limit 0` describes the columns (a decimal's length counts its sign and point, so the
+        # precision taken from it is never below the true one).
+        cat.all(f"select * from {self.relation(t)} limit 0")
+        out = []
+        for name, code, _, length, _, scale, _ in cat.cur.description:
+            typ = MYSQL_FIELD_TYPES.get(code, "varchar")
+            precision = (length or 0) - (1 if scale else 0)
+            out.append(Column(name, typ, precision * 65536 + (scale or 0) + 4 if typ == "decimal" else -1, False))
+        return tuple(out)
 
     def bound(self, n: int, typ: str) -> str:
         return "%s"
@@ -585,6 +759,8 @@ class MysqlDialect(Dialect):
         return bool(row and row[0])
 
     def estimate(self, cat: Catalog, t: TableSpec) -> int:
+        if t.query is not None:
+            return super().estimate(cat, t)
         row = cat.one("select table_rows from information_schema.tables where table_schema ="
                       " coalesce(%s, database()) and table_name = %s", (self._schema(t), t.table_name))
         return int(row[0]) if row and row[0] is not None else super().estimate(cat, t)
@@ -618,8 +794,20 @@ def dialect_for(url: str) -> Dialect:
 def _checked_pk(t: TableSpec, columns: tuple[Column, ...], pk: tuple[str, ...]) -> tuple[str, ...]:
     missing = [c for c in pk if c not in {col.name for col in columns}]
     if missing:
-        raise ConfigError(f"table {t.table}: primary_key column {missing[0]!r} does not exist")
+        raise ConfigError(f"{'table ' if t.table else ''}{t.label}: primary_key column {missing[0]!r} does not exist")
     return pk
+
+
+def _planned_rows(cat: Catalog, relation: str) -> int:
+    """PostgreSQL's estimate of the rows a query returns (EXPLAIN; the query is not run)."""
+    cur = cat.conn.cursor()
+    try:
+        cur.adbc_statement.set_options(**{"adbc.postgresql.use_copy": "false"})  # EXPLAIN cannot run inside COPY
+        cur.execute(f"explain (format json) select 1 from {relation}")
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return int(json.loads(row[0])[0]["Plan"]["Plan Rows"]) if row else 0
 
 
 def _first_line(exc: BaseException) -> str:
@@ -633,4 +821,5 @@ def _before(a: Any, b: Any) -> bool:
 
 def streams(spec: DatabaseSpec) -> list[DatabaseStream]:
     s = spec.source
-    return [DatabaseStream(spec.name, s.url, t, s.partition_rows, s.lookback_s) for t in s.tables]
+    return [DatabaseStream(spec.name, s.url, t, s.partition_rows, s.lookback_s,
+                           cdc=spec.stream_mode(t.stream_name) == "cdc") for t in s.tables]

@@ -45,6 +45,9 @@ secret_app = typer.Typer(help="Secrets in the Vault that specs reference as {sec
 app.add_typer(secret_app, name="secret")
 tenant_app = typer.Typer(help="Tenants (admin): who owns connectors, runs and secrets.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+cdc_app = typer.Typer(help="Change data capture: the replication slots of PostgreSQL cdc streams.",
+                      no_args_is_help=True)
+app.add_typer(cdc_app, name="cdc")
 
 # Piped output is read by scripts and agents: do not cut table cells to a pretend 80-column terminal.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -304,6 +307,49 @@ def state_reset(
             raise typer.Exit(1)
         n = state.reset(conn, str(inst["id"]), stream)
     out.print(f"reset {what}: {n} state rows removed; bronze data stays, the next run re-reads from the start")
+
+
+@cdc_app.command("drop")
+def cdc_drop(
+    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
+    stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
+    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Remove the replication slots and publications of INSTANCE's cdc streams, so the source server frees the
+    WAL they hold; their cursors are reset and the next run takes a new snapshot. Slots of others are refused."""
+    from connectors import pgcdc
+    from connectors.database import DatabaseSpec, streams
+    from engine.secrets import read_as_admin
+    from engine.spec import SecretRef
+    from engine.specload import parse_spec
+
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        inst = control.find_instance(conn, instance, env=env)
+        row = conn.execute("select yaml_spec from connector_definitions where id = %s",
+                           (inst["definition_id"],)).fetchone()
+        spec = parse_spec(row[0] if row else "", filename=f"instance {inst['name']}")
+        if not isinstance(spec, DatabaseSpec):
+            raise ConfigError(f"instance {inst['name']} reads {spec.source_type}: only database sources have cdc streams")
+        chosen = [s for s in streams(spec) if s.cdc and stream in (None, s.name)]
+        if not chosen:
+            raise ConfigError(f"instance {inst['name']} has no cdc stream" + (f" named {stream}" if stream else ""))
+        slots = ", ".join(pgcdc.slot_name(s) for s in chosen)
+        if not yes and not typer.confirm(f"Drop replication slot(s) {slots} of {inst['name']} ({inst['env']})? "
+                                         "The next run takes a new snapshot."):
+            raise typer.Exit(1)
+        url = spec.source.url
+        if isinstance(url, SecretRef):
+            value = read_as_admin(conn, str(inst["tenant_id"]), url.secret)
+            if value is None:
+                raise ConfigError(f"source.url: secret {url.secret!r} is not set in the Vault")
+            url = value
+        for s in chosen:
+            removed = pgcdc.drop(url, pgcdc.slot_name(s), str(inst["id"]))
+            state.reset(conn, str(inst["id"]), s.name)
+            out.print(f"{s.name}: " + (f"dropped {' and '.join(removed)}" if removed else "no slot to drop")
+                      + "; the next run takes a new snapshot", highlight=False)
 
 
 # -- db, spec -------------------------------------------------------------------------------------------

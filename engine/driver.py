@@ -233,6 +233,10 @@ class _Run:
         finally:
             lease.stop()
             self._stop_writers()
+            for run in self.streams.values():
+                release = getattr(run.stream, "release", None)
+                if release is not None:
+                    release()
 
     def _connect_ray(self) -> None:
         if "ray_connect_s" in self.timings:
@@ -268,18 +272,24 @@ class _Run:
         for name in names:
             stream = offered[name]
             mode = self.spec.stream_mode(name)
-            if mode == "cdc":
+            if mode == "cdc" and not getattr(stream, "supports_cdc", False):
                 raise ConfigError(f"stream {name}: source_type {self.spec.source_type!r} has no change log; "
                                   "use sync_mode incremental or full")
             extraction = None if self.options.full_refresh else state.open_extraction(
                 self.conn, self.instance_id, name)
+            resumable = getattr(stream, "resumable", None)
+            if extraction is not None and resumable is not None and not resumable(extraction.partitions):
+                state.abandon_open_extractions(self.conn, self.instance_id, [name])
+                self.log("warning", "stream.restarted", f"{name}: the unfinished extraction cannot be resumed "
+                         "(its source snapshot ended with the run that began it); starting it again", stream=name)
+                extraction = None
             if extraction is None:
                 cursor = None
-                if mode == "incremental" and not self.options.full_refresh:
+                if mode in ("incremental", "cdc") and not self.options.full_refresh:
                     cursor = state.get_cursor(self.conn, self.instance_id, name)
                 plan = stream.plan(PlanContext(sync_mode=mode, cursor=cursor,
                                                run_started_at=datetime.now(timezone.utc), secrets=self.secrets,
-                                               options={"secret_store": self.store}))
+                                               options={"secret_store": self.store}, instance_id=self.instance_id))
                 extraction = state.create_extraction(self.conn, self.instance_id, name, run_id=self.run_id,
                                                      sync_mode=mode, cursor_from=cursor, plan=plan)
                 for warning in plan.warnings:
@@ -447,6 +457,13 @@ class _Run:
 
     def _finish_stream(self, run: _StreamRun) -> None:
         run.cursor = state.finish_extraction(self.conn, self.instance_id, run.extraction, self.run_id)
+        committed = getattr(run.stream, "committed", None)
+        if committed is not None:
+            try:  # e.g. a CDC slot confirms the cursor; if this fails, the next run's planning does it
+                committed(run.cursor, self.secrets)
+            except Exception as exc:  # noqa: BLE001 - logged; the data and the cursor are already safe
+                self.log("warning", "stream.confirm_failed", f"{run.stream.name}: {self.redact(_describe(exc))}",
+                         stream=run.stream.name)
         self.log("info", "stream.done", f"{run.stream.name}: extraction complete, cursor at {run.cursor}",
                  stream=run.stream.name, cursor=run.cursor, rows=self.progress.rows_by_stream[run.stream.name])
 

@@ -65,6 +65,8 @@ class PlanContext:
     secrets: dict[str, str] = field(default_factory=dict)
     """Values of the secrets the spec references, for streams that ask the source while planning."""
     options: dict[str, Any] = field(default_factory=dict)
+    instance_id: str = ""
+    """The connector instance planning (what owns a CDC replication slot)."""
 
 
 @dataclass(frozen=True)

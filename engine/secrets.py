@@ -99,6 +99,14 @@ class VaultSecretStore:
             conn.execute("select ipai.secret_rotate(%s, %s, %s)", (self.run_id, name, value))
 
 
+def read_as_admin(conn: psycopg.Connection[Any], tenant_id: str, name: str) -> str | None:
+    """A tenant's secret read directly from the Vault, for admin commands outside a run (`ipai cdc drop`);
+    needs a connection that may read `vault.decrypted_secrets` (and carries the key on plain PostgreSQL)."""
+    row = conn.execute("select decrypted_secret from vault.decrypted_secrets where name = %s",
+                       (f"ipai/{tenant_id}/{name}",)).fetchone()
+    return None if row is None else row[0]
+
+
 def store_secret(conn: psycopg.Connection[Any], name: str, value: str) -> bool:
     """Store a secret for the session's tenant; return True if it is new. Raise ConfigError with the reason."""
     row = conn.execute("select public.secret_set(%s, %s)", (name, value)).fetchone()

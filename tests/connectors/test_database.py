@@ -237,3 +237,112 @@ def test_a_mariadb_table_is_read_in_key_ranges_with_its_types_then_incrementally
     second = sync(settings, database, spec_text(url, tables, partition_rows=3_000))
     assert second.rows == 100
     assert_exactly_once_per_extraction(bronze_postgres(database.url, "raw_src_orders"), ("id",))
+
+
+BIG_ORDERS = ("select o.id, o.updated_at, o.amount, o.status, c.name as customer, c.tier"
+              " from shop.orders o join shop.customers c on c.id = o.customer_id"
+              " where o.amount >= 100 and c.name like 'c%'")
+
+
+@pytest.fixture
+def shop_customers(shop: Any) -> Any:
+    """The shop's orders with a customer each (100 customers, one tier each)."""
+    with psycopg.connect(shop.url, autocommit=True) as conn:
+        conn.execute("create table shop.customers (id int primary key, name text, tier numeric(4, 1))")
+        conn.execute("insert into shop.customers select g, 'c' || g, g % 3 + 0.5 from generate_series(1, 100) g")
+        conn.execute("alter table shop.orders add column customer_id int")
+        conn.execute("update shop.orders set customer_id = 1 + id % 100")
+        conn.execute("analyze shop.orders; analyze shop.customers")  # the estimate that cuts ranges is the planner's
+    return shop
+
+
+def big_orders(database: Any) -> set[tuple[Any, ...]]:
+    with psycopg.connect(database.url) as conn:
+        return set(conn.execute(f"select id, updated_at, amount, customer from ({BIG_ORDERS}) q").fetchall())
+
+
+def test_a_query_stream_with_a_join_is_read_in_key_ranges_then_incrementally(shop_customers, settings, database):
+    tables = (f'    - {{name: big_orders, query: "{BIG_ORDERS}", cursor: updated_at, primary_key: [id],'
+              " partition_on: id}\n")
+    first = sync(settings, database, spec_text(database.url, tables))
+    truth = big_orders(database)
+    assert first.rows == len(truth) > 20_000 and first.partitions >= 4, "the query's key range, cut by its estimate"
+    assert_exactly_once_per_extraction(bronze_postgres(database.url, "raw_src_big_orders"), ("id",))
+    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_big_orders")
+    assert set(zip(*(delta.column(c).to_pylist() for c in ("id", "updated_at", "amount", "customer")))) == truth
+    assert delta.schema.field("amount").type == pa.decimal128(12, 2)  # types of the result, as for a table
+    assert delta.schema.field("tier").type == pa.decimal128(4, 1) and delta.schema.field("status").type == pa.string()
+    assert first.tables[0].cursor == "2026-11-01T08:20:00.000000+00:00"
+
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("update shop.orders set updated_at = now(), amount = amount + 1000 where id % 50 = 0")
+        conn.execute("update shop.orders set updated_at = now(), amount = 1 where id % 50 = 25")  # leaves the query
+    second = sync(settings, database, spec_text(database.url, tables))
+    changed = bronze_postgres(database.url, "raw_src_big_orders").filter(
+        pa.compute.equal(pa.compute.field("_ipai_run_id"), second.run_id))
+    assert sorted(changed.column("id").to_pylist()) == list(range(50, ORDERS + 1, 50))
+    assert second.partitions == 1 and sync(settings, database, spec_text(database.url, tables)).rows == 0
+
+
+def test_a_query_that_does_not_compile_is_named_with_the_servers_words(shop, settings, database, vault):
+    url = database.url.replace("postgres@", "postgres:hunter2secret@")  # trust auth: the password is not checked
+    vault.set("src_url", url)
+    tables = '    - {name: bad, query: "select o.id, o.nope from shop.orders o", primary_key: [id]}\n'
+    with pytest.raises(RunFailed, match=r"stream bad: its query does not compile on postgresql://postgres:\*\*\*@"
+                                        r".*column o\.nope does not exist") as failed:
+        sync(settings, database, spec_text("{secret: src_url}", tables, mode="full"))
+    assert "hunter2secret" not in str(failed.value)
+    tables = '    - {name: orders2, query: "select id from shop.orders", cursor: updated_at}\n'
+    with pytest.raises(RunFailed, match=r"cursor column 'updated_at' does not exist in the query of stream orders2; "
+                                        r"its columns: id"):
+        sync(settings, database, spec_text(database.url, tables))
+
+
+def test_a_stream_is_a_table_or_a_named_query():
+    from engine.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"give exactly one of `table:` and `query:`"):
+        parse_spec(spec_text("postgresql://u@localhost/db", '    - {table: a.b, query: "select 1", name: x}\n'))
+    with pytest.raises(SpecError, match=r"a query stream needs `name:`"):
+        parse_spec(spec_text("postgresql://u@localhost/db", '    - {query: "select 1"}\n'))
+    with pytest.raises(SpecError, match=r"reads one SELECT"):
+        parse_spec(spec_text("postgresql://u@localhost/db", '    - {name: x, query: "delete from t"}\n'))
+
+
+def test_a_query_stream_on_sqlite_and_mariadb(settings, database, tmp_path, mariadb):
+    import sqlite3
+
+    path = tmp_path / "shop.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table orders (id integer primary key, updated_at text not null, note text)")
+        conn.executemany("insert into orders values (?, ?, ?)",
+                         [(i, f"2026-11-01T00:00:{i % 60:02d}", f"n{i % 7}") for i in range(1, 3_001)])
+    query = "select id, updated_at, upper(note) as note from orders where note like 'n1%'"
+    tables = f'    - {{name: q, query: "{query}", cursor: updated_at, primary_key: [id]}}\n'
+    result = sync(settings, database, spec_text(f"sqlite:///{path}", tables, partition_rows=1_000))
+    got = bronze_postgres(database.url, "raw_src_q")
+    assert result.rows == got.num_rows == len([i for i in range(1, 3_001) if i % 7 == 1])
+    assert set(got.column("note").to_pylist()) == {"N1"}
+
+    name, conn = mariadb
+    with conn.cursor() as cur:
+        cur.execute("create table orders (id bigint primary key, updated_at datetime(6) not null,"
+                    " amount decimal(12,2), note varchar(10))")
+        cur.executemany("insert into orders values (%s, %s, %s, %s)",
+                        [(i, datetime(2026, 11, 1) + timedelta(seconds=i), f"{i}.25", f"n{i % 7}")
+                         for i in range(1, 3_001)])
+    query = "select id, updated_at, amount * 2 as doubled, note from orders where note like 'n1%'"
+    tables = f'    - {{name: m, query: "{query}", cursor: updated_at, primary_key: [id]}}\n'
+    result = sync(settings, database, spec_text(f"{MARIADB}/{name}", tables, partition_rows=1_000))
+    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_m")
+    assert result.rows == delta.num_rows == 429
+    row = delta.filter(pa.compute.equal(delta.column("id"), 8)).to_pylist()[0]
+    assert row["doubled"] == decimal.Decimal("16.50") and row["note"] == "n1"
+
+
+def test_a_query_stream_cannot_follow_the_write_ahead_log():
+    from engine.errors import SpecError
+
+    text = spec_text("postgresql://u@localhost/db", '    - {name: q, query: "select 1 as id"}\n', mode="cdc")
+    with pytest.raises(SpecError, match=r"stream q: a query has no change log to follow \(sync_mode cdc\)"):
+        parse_spec(text)
