@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from connectors import database, ga4, github, http, sample
+from connectors import database, ga4, github, http, odoo, sample
 from engine.protocol import Stream
 from engine.spec import ConnectorSpec
 
@@ -39,6 +39,9 @@ CONNECTORS: dict[str, Connector] = {
     "github": Connector("github", github.GitHubSpec, github.streams,
                         "GitHub repositories, commits, pull requests, issues and issue comments",
                         plans_with_ray=True),
+    "odoo": Connector("odoo", odoo.OdooSpec, odoo.streams,
+                      "Odoo's partners, invoices and journal items, sale orders and products: from its PostgreSQL "
+                      "or over JSON-RPC / JSON-2", plans_with_ray=True),
 }
 
 def connector_for(spec: ConnectorSpec) -> Connector:

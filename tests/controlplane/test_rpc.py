@@ -108,7 +108,7 @@ def test_connector_create_explains_an_invalid_schedule_and_every_invalid_field(d
     errors = {e["path"]: e["message"] for e in several["error"]["details"]["errors"]}
     assert set(errors) == {"name", "source_type", "env", "schedule"}, errors
     assert "lower case letters" in errors["name"]
-    assert errors["source_type"] == "unknown source_type 'hubspot'; known: database, ga4, github, http, sample"
+    assert errors["source_type"] == "unknown source_type 'hubspot'; known: database, ga4, github, http, odoo, sample"
     assert "lower case letters" in errors["env"]
     assert errors["schedule"] == "invalid schedule '* * *': needs 5 fields (minute hour day-of-month month " \
                                  "day-of-week), got 3"

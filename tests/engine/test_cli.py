@@ -124,7 +124,7 @@ def test_unknown_source_type_lists_the_known_ones(tmp_path, settings):
     bad.write_text("name: bad\nsource_type: hubspot\n")
     proc = ipai("spec", "validate", str(bad), env=env_for(settings), check=False)
     assert proc.returncode == 2
-    assert "unknown source_type 'hubspot'; known source types: database, ga4, github, http, sample" in proc.stderr
+    assert "unknown source_type 'hubspot'; known source types: database, ga4, github, http, odoo, sample" in proc.stderr
 
 
 def test_unreachable_database_names_the_url_without_its_password(tmp_path, settings):

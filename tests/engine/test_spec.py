@@ -70,7 +70,7 @@ def test_invalid_yaml_names_line_and_column():
 
 def test_unknown_source_type_lists_known_ones():
     [issue] = issues("name: a\nsource_type: salesforce\n")
-    assert issue == "x.yaml:2:14: source_type: unknown source_type 'salesforce'; known source types: database, ga4, github, http, sample"
+    assert issue == "x.yaml:2:14: source_type: unknown source_type 'salesforce'; known source types: database, ga4, github, http, odoo, sample"
 
 
 def test_missing_required_field_points_at_its_parent():
