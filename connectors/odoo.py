@@ -46,7 +46,8 @@ from typing import Annotated, Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from connectors.database import Catalog, DatabaseReader, DatabaseStream, TableSpec, dialect_for
+from connectors.database import DatabaseReader, DatabaseStream, TableSpec
+from connectors.dialects import Catalog, dialect_for
 from connectors.httpkit.components import RateLimit, RetryPolicy
 from connectors.httpkit.egress import EgressPolicy
 from connectors.odoo_api import OdooApiStream

@@ -52,7 +52,8 @@ from engine.protocol import Partition, Plan, PlanContext
 from engine.spec import redact_url
 
 if TYPE_CHECKING:
-    from connectors.database import Column, DatabaseStream
+    from connectors.database import DatabaseStream
+    from connectors.dialects import Column
 
 CDC_FIELDS = (pa.field("_ipai_op", pa.string()), pa.field("_ipai_lsn", pa.int64()),
               pa.field("_ipai_seq", pa.int32()), pa.field("_ipai_unchanged", pa.string()))
@@ -76,7 +77,7 @@ def owner_mark(instance_id: str) -> str:
 
 
 def _connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    from connectors.database import _first_line, _redact
+    from connectors.dialects import _first_line, _redact
 
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
@@ -88,7 +89,7 @@ def _connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
 
 
 def plan(stream: DatabaseStream, ctx: PlanContext, url: str) -> Plan:
-    from connectors.database import PostgresDialect, dialect_for
+    from connectors.dialects import PostgresDialect, dialect_for
 
     if not isinstance(dialect_for(url), PostgresDialect):
         raise ConfigError(f"stream {stream.name}: sync_mode cdc follows PostgreSQL's write-ahead log; "
@@ -170,7 +171,7 @@ def _ownership(conn: psycopg.Connection[Any], slot: str, instance_id: str,
 
 def _plan_snapshot(stream: DatabaseStream, conn: psycopg.Connection[Any], url: str, slot: str, slot_exists: bool,
                    instance_id: str) -> Plan:
-    from connectors.database import dialect_for
+    from connectors.dialects import dialect_for
 
     close_snapshot(slot)
     if slot_exists:
@@ -337,7 +338,7 @@ class _Rows:
     """Change rows collected column-wise and turned into Arrow batches of the table's bronze types."""
 
     def __init__(self, columns: tuple[Column, ...], key: tuple[str, ...]) -> None:
-        from connectors.database import _arrow_type
+        from connectors.dialects import _arrow_type
 
         self.columns = columns
         self.key = key
