@@ -100,6 +100,17 @@ class TableSpec(SpecModel):
         return self.table or f"the query of stream {self.name}"
 
 
+def checked_url(value: str | SecretRef, schemes: tuple[str, ...], advice: str) -> str | SecretRef:
+    """A source database URL from a spec: one of `schemes`, and never a password in clear."""
+    if isinstance(value, str):
+        if redact_url(value) != value:
+            raise ValueError("the URL carries a password; store the whole URL as a secret "
+                             "(`ipai secret set NAME`) and write url: {secret: NAME}")
+        if not value.startswith(schemes):
+            raise ValueError(advice)
+    return value
+
+
 class DatabaseSource(SpecModel):
     """A database reached by URL, and the tables to read from it."""
 
@@ -124,13 +135,8 @@ class DatabaseSource(SpecModel):
     @field_validator("url")
     @classmethod
     def _no_password_in_clear(cls, value: str | SecretRef) -> str | SecretRef:
-        if isinstance(value, str):
-            if redact_url(value) != value:
-                raise ValueError("the URL carries a password; store the whole URL as a secret "
-                                 "(`ipai secret set NAME`) and write url: {secret: NAME}")
-            if not value.startswith(("postgresql://", "postgres://", "mysql://", "mariadb://", "sqlite:///")):
-                raise ValueError("use a postgresql://, mysql:// (MySQL, MariaDB) or sqlite:/// URL")
-        return value
+        return checked_url(value, ("postgresql://", "postgres://", "mysql://", "mariadb://", "sqlite:///"),
+                           "use a postgresql://, mysql:// (MySQL, MariaDB) or sqlite:/// URL")
 
 
 class DatabaseSpec(ConnectorSpec):

@@ -46,11 +46,11 @@ from typing import Annotated, Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from connectors.database import DatabaseReader, DatabaseStream, TableSpec
+from connectors.database import DatabaseReader, DatabaseStream, TableSpec, checked_url
 from connectors.dialects import Catalog, dialect_for
-from connectors.httpkit.components import RateLimit, RetryPolicy
+from connectors.httpkit.components import RateLimit, RetryPolicy, checked_base_url
 from connectors.httpkit.egress import EgressPolicy
-from connectors.odoo_api import OdooApiStream
+from connectors.odoo_api import OdooApiStream, OdooStreamShape
 from engine.errors import ConfigError
 from engine.protocol import Partition, Plan, PlanContext, ReadContext, Stream
 from engine.spec import ConnectorSpec, SecretRef, SpecModel, redact_url
@@ -121,13 +121,7 @@ class OdooPostgresSource(OdooCommon):
     @field_validator("url")
     @classmethod
     def _postgres_url(cls, value: str | SecretRef) -> str | SecretRef:
-        if isinstance(value, str):
-            if redact_url(value) != value:
-                raise ValueError("the URL carries a password; store the whole URL as a secret "
-                                 "(`ipai secret set NAME`) and write url: {secret: NAME}")
-            if not value.startswith(("postgresql://", "postgres://")):
-                raise ValueError("Odoo runs on PostgreSQL: use a postgresql:// URL")
-        return value
+        return checked_url(value, ("postgresql://", "postgres://"), "Odoo runs on PostgreSQL: use a postgresql:// URL")
 
     @field_validator("translated_fields")
     @classmethod
@@ -163,9 +157,7 @@ class OdooApiSource(OdooCommon):
     @field_validator("base_url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("base_url must start with https:// (http:// only to loopback in dev mode)")
-        return value.rstrip("/")
+        return checked_base_url(value)
 
     @field_validator("fields")
     @classmethod
@@ -214,27 +206,12 @@ def streams(spec: OdooSpec) -> list[Stream]:
 
 
 @dataclass(frozen=True)
-class OdooTableStream:
+class OdooTableStream(OdooStreamShape):
     """One model read from Odoo's database as a query stream of the `database` source."""
 
     spec_name: str
     table: str
     source: OdooPostgresSource
-
-    @property
-    def name(self) -> str:
-        return self.table
-
-    @property
-    def primary_key(self) -> tuple[str, ...]:
-        return ("id",)
-
-    @property
-    def cursor_field(self) -> str | None:
-        return "write_date"
-
-    def schema(self) -> pa.Schema | None:
-        return None
 
     def _url(self, secrets: dict[str, str]) -> str:
         url = self.source.url

@@ -55,19 +55,11 @@ ALSO_READ = {"product.product": ("name",)}
 """Fields read by default although not stored: a variant's name comes from its template (as in mode postgres)."""
 
 
-@dataclass(frozen=True)
-class OdooApiStream:
-    """One model read through the API; a value (the HTTP session is opened in each task)."""
+class OdooStreamShape:
+    """What every Odoo stream says of itself, in either mode: named after its table, keyed by `id`, with
+    cursor `write_date` (odoo.md s.6)."""
 
-    spec_name: str
     table: str
-    model: str
-    company: str
-    source: OdooApiSource
-    egress: EgressPolicy
-
-    task_cpus = 0.5
-    """Reads mostly wait on the server: two per CPU."""
 
     @property
     def name(self) -> str:
@@ -83,6 +75,21 @@ class OdooApiStream:
 
     def schema(self) -> pa.Schema | None:
         return None
+
+
+@dataclass(frozen=True)
+class OdooApiStream(OdooStreamShape):
+    """One model read through the API; a value (the HTTP session is opened in each task)."""
+
+    spec_name: str
+    table: str
+    model: str
+    company: str
+    source: OdooApiSource
+    egress: EgressPolicy
+
+    task_cpus = 0.5
+    """Reads mostly wait on the server: two per CPU."""
 
     def context(self) -> dict[str, Any]:
         return {"active_test": False, "lang": self.source.lang}

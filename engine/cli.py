@@ -55,6 +55,9 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 DatabaseOpt = Annotated[str | None, typer.Option("--database-url", help="Control-plane Postgres URL "
                         "(default: IPAI_DATABASE_URL, else the embedded PostgreSQL).", show_default=False)]
+InstanceArg = Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")]
+EnvOpt = Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")]
+YesOpt = Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")]
 LakehouseOpt = Annotated[str | None, typer.Option("--lakehouse", help="Lakehouse folder or s3:// URI "
                          "(default: IPAI_LAKEHOUSE_URI, else <IPAI_HOME>/lakehouse).", show_default=False)]
 
@@ -273,8 +276,8 @@ def logs(
 
 @state_app.command("show")
 def state_show(
-    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
-    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
+    instance: InstanceArg,
+    env: EnvOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show each stream's cursor, committed partitions and any unfinished extraction."""
@@ -293,10 +296,10 @@ def state_show(
 
 @state_app.command("reset")
 def state_reset(
-    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
+    instance: InstanceArg,
     stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
-    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    env: EnvOpt = None,
+    yes: YesOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Forget cursors and committed partitions: the next run re-reads from the beginning."""
@@ -311,10 +314,10 @@ def state_reset(
 
 @cdc_app.command("drop")
 def cdc_drop(
-    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
+    instance: InstanceArg,
     stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
-    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    env: EnvOpt = None,
+    yes: YesOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Remove the replication slots and publications of INSTANCE's cdc streams, so the source server frees the
@@ -546,8 +549,8 @@ def secret_list(database_url: DatabaseOpt = None) -> None:
 
 @app.command("run")
 def run_queued(
-    instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="Instance name or id.")],
-    env: Annotated[str | None, typer.Option(help="Environment, when the name exists in several.")] = None,
+    instance: InstanceArg,
+    env: EnvOpt = None,
     full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Re-read everything.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until a worker has finished the run.")] = False,
     database_url: DatabaseOpt = None,

@@ -335,6 +335,11 @@ class HttpSource(SpecModel):
     @field_validator("base_url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("base_url must start with https:// (http:// only to loopback in dev mode)")
-        return value.rstrip("/")
+        return checked_base_url(value)
+
+
+def checked_base_url(value: str) -> str:
+    """A spec's `base_url`: http(s), without a trailing slash (egress rules apply when it is used)."""
+    if not value.startswith(("https://", "http://")):
+        raise ValueError("base_url must start with https:// (http:// only to loopback in dev mode)")
+    return value.rstrip("/")
