@@ -9,8 +9,9 @@ Quirks, per ../shared/api-contracts/ga4.md:
   `YYYYMMDD` and lands as `YYYY-MM-DD`;
 - data of the last 24-72 h is still being processed: each run re-reads `lookback_days` (s.9);
 - quotas are tokens per property per hour and per day, reported in `propertyQuota` when asked for, which
-  feeds the credential's budget; an exhausted daily quota parks the run until midnight Pacific time
-  instead of failing the backfill (s.7); each quota message implies its own wait (Airbyte's api_quota.py).
+  feeds the credential's budget under the property's scope (one property's spent quota holds only that
+  property's requests); an exhausted daily quota parks the run until midnight Pacific time instead of
+  failing the backfill (s.7); each quota message implies its own wait (Airbyte's api_quota.py).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def streams(spec: Ga4Spec) -> list[HttpStream]:
     source = HttpSource(base_url=s.base_url, rate_limit=s.rate_limit, retry=s.retry, concurrency=1,
                         streams=tuple(_report(s, r) for r in s.reports))
     api = HttpApi.of("ga4", source, spec.auth, rules=RULES)
-    return [HttpStream(api, x, shape=rows, prepare=date_range, quota=property_quota) for x in source.streams]
+    return [HttpStream(api, x, shape=rows, prepare=date_range, quota=property_quota, quota_scope=property_scope)
+            for x in source.streams]
 
 
 def _report(s: Ga4Source, report: Ga4Report) -> HttpStreamSpec:
@@ -142,6 +144,11 @@ def _metric(value: str | None, kind: str) -> int | float | None:
         return None
     number = float(value)
     return round(number) if kind in INTEGER_TYPES else number
+
+
+def property_scope(partition: Partition) -> str:
+    """Name the quota a partition draws on: every GA4 property has its own pools (s.7)."""
+    return f"property {dict(partition.where)['property_id']}"
 
 
 def property_quota(body: Any) -> list[QuotaReading]:

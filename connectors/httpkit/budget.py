@@ -6,6 +6,10 @@ uses the credential draws from it. `acquire` answers how long the caller must wa
 `propertyQuota`); `pause` holds every caller until a `Retry-After` or reset passes. A wait longer
 than `max_wait_s` is not served in place: `acquire` returns the time the quota resets, and the
 caller parks the run as `deferred` with its state kept.
+
+A quota the API keeps for one part of what the credential reaches (GA4 keeps one per property) is
+observed and acquired under a `scope` naming that part: when it is spent, only requests in that scope
+are held. The empty scope is the whole credential, and holding it holds every scope.
 """
 
 from __future__ import annotations
@@ -39,23 +43,23 @@ class Budget:
     max_wait_s: float = 900.0
     reserve: int = 0
     _tat: float = 0.0  # theoretical arrival time of the next request at the configured rate
-    _paused_until: float = 0.0
-    _pause_reason: str = ""
-    _windows: dict[str, _Window] = field(default_factory=dict)
+    _pauses: dict[str, tuple[float, str]] = field(default_factory=dict)  # scope -> (until, reason)
+    _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)  # (scope, window) -> window
     granted: int = 0
     waits: list[float] = field(default_factory=list)
 
-    def acquire(self, now: float) -> Grant:
-        """Reserve one request: how long to wait first, or until when the run must be parked."""
-        if self._paused_until - now > self.max_wait_s:
-            return Grant(0.0, self._paused_until, self._pause_reason)
-        rate = self._effective_rate(now)
-        if rate is None and self._paused_until <= now:
+    def acquire(self, now: float, scope: str = "") -> Grant:
+        """Reserve one request in `scope`: how long to wait first, or until when the run must be parked."""
+        paused_until, reason = max(self._pauses.get("", (0.0, "")), self._pauses.get(scope, (0.0, "")))
+        if paused_until - now > self.max_wait_s:
+            return Grant(0.0, paused_until, reason)
+        rate = self._effective_rate(now, scope)
+        if rate is None and paused_until <= now:
             # Nothing limits this credential now: the caller may send without asking for a short while,
             # and learns of a pause set by another task within that while.
             self.granted += 1
             return Grant(0.0, clear_until=now + CLEAR_S)
-        start = max(now, self._paused_until)
+        start = max(now, paused_until)
         if rate is not None:
             interval = 1.0 / rate
             tolerance = (self.burst - 1) * interval
@@ -68,25 +72,26 @@ class Budget:
             self.waits.append(wait)
         return Grant(wait)
 
-    def _effective_rate(self, now: float) -> float | None:
-        rates = [w.rate for w in self._windows.values() if w.rate is not None and now < w.reset_at]
+    def _effective_rate(self, now: float, scope: str) -> float | None:
+        rates = [w.rate for (s, _), w in self._windows.items()
+                 if s in ("", scope) and w.rate is not None and now < w.reset_at]
         if self.rate is not None:
             rates.append(self.rate)
         return min(rates) if rates else None
 
-    def pause(self, until: float, reason: str) -> None:
-        """Hold every caller until `until` (a Retry-After or a quota reset)."""
-        if until > self._paused_until:
-            self._paused_until = until
-            self._pause_reason = reason
+    def pause(self, until: float, reason: str, scope: str = "") -> None:
+        """Hold every caller in `scope` (by default: every caller) until `until` (a Retry-After or a quota reset)."""
+        if until > self._pauses.get(scope, (0.0, ""))[0]:
+            self._pauses[scope] = (until, reason)
 
     def observe(self, *, remaining: int, reset_at: float, now: float, limit: int | None = None,
-                window: str = "requests") -> None:
-        """Take in the API's own count of what is left of a quota `window` until `reset_at`.
+                window: str = "requests", scope: str = "") -> None:
+        """Take in the API's own count of what is left of a quota `window` of `scope` until `reset_at`.
 
-        Several windows may be tracked at once (GA4 reports tokens per hour and per day); the slowest wins.
+        Several windows may be tracked at once (GA4 reports tokens per hour and per day); the slowest of
+        the request's scope and the credential's wins.
         """
-        w = self._windows.setdefault(window, _Window())
+        w = self._windows.setdefault((scope, window), _Window())
         # Without a stated size, the most ever seen left stands for it (as Airbyte does for GA4).
         w.limit = limit if limit is not None else max(w.limit or 0, remaining)
         if reset_at > w.reset_at:
@@ -94,7 +99,9 @@ class Budget:
         w.reset_at = reset_at
         usable = remaining - self.reserve
         if usable <= 0:
-            self.pause(reset_at + 1.0, f"the API reports its {window} quota spent until {_hhmm(reset_at)}")
+            of = f" for {scope}" if scope else ""
+            self.pause(reset_at + 1.0, f"the API reports its {window} quota{of} spent until {_hhmm(reset_at)}",
+                       scope)
             return
         if w.limit and remaining / w.limit < SLOW_BELOW:
             w.rate = usable / max(1.0, reset_at - now)

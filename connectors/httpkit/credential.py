@@ -89,14 +89,16 @@ class CredentialActor:
                 # needs the credential starts a new one, re-learning quotas from the API's headers.
                 os._exit(0)
 
-    def acquire(self) -> Grant:
+    def acquire(self, scope: str = "") -> Grant:
         with self.lock:
             self.last_call = time.monotonic()
-            return self.budget.acquire(time.time())
+            return self.budget.acquire(time.time(), scope)
 
-    def observe(self, remaining: int, reset_at: float, limit: int | None = None, window: str = "requests") -> None:
+    def observe(self, remaining: int, reset_at: float, limit: int | None = None, window: str = "requests",
+                scope: str = "") -> None:
         with self.lock:
-            self.budget.observe(remaining=remaining, reset_at=reset_at, now=time.time(), limit=limit, window=window)
+            self.budget.observe(remaining=remaining, reset_at=reset_at, now=time.time(), limit=limit, window=window,
+                                scope=scope)
 
     def pause(self, seconds: float, reason: str) -> None:
         with self.lock:

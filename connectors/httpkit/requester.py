@@ -92,16 +92,21 @@ class Tokens:
 
 
 class Requester:
-    """Sends page requests for one reader; shares the credential's budget and tokens through its actor."""
+    """Sends page requests for one reader; shares the credential's budget and tokens through its actor.
+
+    `scope` names the part of the API its requests draw on when the API keeps a quota for each part (GA4:
+    a property); the budget then holds them only when that part's quota or the whole credential's is spent.
+    """
 
     def __init__(
         self, *, session: aiohttp.ClientSession, actor: CredentialHandle, tokens: Tokens | None, headers: dict[str, str],
         params: dict[str, str], rules: Sequence[ErrorRule], retry: RetryPolicy, rate_limit: RateLimit,
-        egress: EgressPolicy, redact: Redactor,
+        egress: EgressPolicy, redact: Redactor, scope: str = "",
     ) -> None:
         self.session, self.actor, self.tokens = session, actor, tokens
         self.headers, self.params, self.rules = headers, params, tuple(rules)
         self.retry, self.rate_limit, self.egress, self.redact = retry, rate_limit, egress, redact
+        self.scope = scope
         self.clear_until = 0.0
         self.asking = asyncio.Lock()
 
@@ -143,7 +148,7 @@ class Requester:
     async def _once(self, request: PageRequest, counts: dict[str, int], extra: dict[str, str]) -> Response:
         if time.time() >= self.clear_until:
             async with self.asking:  # one question at a time: a lease answers the requests queued behind it
-                grant = None if time.time() < self.clear_until else await self.actor.call("acquire")
+                grant = None if time.time() < self.clear_until else await self.actor.call("acquire", self.scope)
             if grant is not None:
                 if grant.deferred_until is not None:
                     raise QuotaDeferred(f"{grant.reason}; the run is parked until then, with its state kept",

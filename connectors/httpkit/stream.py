@@ -57,6 +57,8 @@ class QuotaReading:
 
 Quota = Callable[[Any], list[QuotaReading]]
 """Reads quota figures from a page body, for the credential's budget."""
+QuotaScope = Callable[[Partition], str]
+"""Names the part of the API whose quota a partition's requests draw on (GA4: its property)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class HttpStream:
     shape: Shape | None = None
     prepare: Prepare | None = None
     quota: Quota | None = None
+    quota_scope: QuotaScope | None = None
+    """Without it, the quota a body reports is the whole credential's: spent, it holds every request."""
 
     task_cpus = 0.5
     """Reads wait on the network half the time or more: two per CPU keep the cores busy."""
@@ -216,7 +220,7 @@ class HttpReader:
 
         return asyncio.run(self._with_requester(count_all))
 
-    async def _with_requester(self, work: Callable[[Requester], Any]) -> Any:
+    async def _with_requester(self, work: Callable[[Requester], Any], *, scope: str = "") -> Any:
         api = self.stream.api
         ref = api.credential(self.secrets, self.store)
         actor = self.actor = CredentialHandle(lambda: ref.handle(self.secrets))
@@ -227,7 +231,7 @@ class HttpReader:
                 session=session, actor=actor, tokens=Tokens(actor) if needs_exchange(api.auth) else None,
                 headers={**dict(api.headers), **headers}, params=params,
                 rules=self.spec.errors + api.rules + DEFAULT_RULES, retry=api.retry,
-                rate_limit=api.rate_limit, egress=api.egress, redact=self.redact,
+                rate_limit=api.rate_limit, egress=api.egress, redact=self.redact, scope=scope,
             )
             return await work(requester)
 
@@ -244,8 +248,11 @@ class HttpReader:
     async def _collect(self, partition: Partition) -> list[pa.RecordBatch]:
         out = Batches(self.spec, partition, self.redact,
                        keyset=isinstance(self._paginator(partition), CursorParamPaginator))
-        await self._with_requester(lambda rq: self._read(rq, partition, out))
+        await self._with_requester(lambda rq: self._read(rq, partition, out), scope=self._scope(partition))
         return out.finish()
+
+    def _scope(self, partition: Partition) -> str:
+        return self.stream.quota_scope(partition) if self.stream.quota_scope is not None else ""
 
     async def _read(self, requester: Requester, partition: Partition, out: Batches) -> None:
         where = dict(partition.where)
@@ -357,7 +364,7 @@ class HttpReader:
                              f"{self.redact(snippet)!r}") from None
         if self.stream.quota is not None and self.actor is not None:
             for q in self.stream.quota(body):
-                self.actor.tell("observe", q.remaining, q.reset_at, q.limit, q.window)
+                self.actor.tell("observe", q.remaining, q.reset_at, q.limit, q.window, self._scope(partition))
         if self.stream.shape is not None:
             records = self.stream.shape(body, partition)
         else:

@@ -118,15 +118,21 @@ def test_one_partition_per_property_and_day_with_typed_metrics_then_lookback(ga,
 
 
 def test_spent_daily_quota_defers_the_run_and_the_next_run_resumes(ga, settings, database):
-    # Tokens for half the partitions: the daily quota runs out mid-run.
-    ga.set_faults(ga4_quota={"tokens_per_day": 6, "cost_per_request": 1})
-    text = spec_text(ga.url, page_size=1000)
+    # GA4 keeps a quota per property: tokens for half of each property's days (one request a day), so the
+    # daily quota runs out mid-run. At most that many reads at once: a read the driver has not yet taken in
+    # when the run is parked is read again next run, so a refusal must come after some read was taken in.
+    tokens = DAYS // 2
+    ga.set_faults(ga4_quota={"tokens_per_day": tokens, "cost_per_request": 1})
+    text = spec_text(ga.url, page_size=1000) + f"tuning: {{max_in_flight: {tokens}}}\n"
     with pytest.raises(RunDeferred, match="tokensPerDay|per day") as deferred:
         sync(settings, database, text)
     with psycopg.connect(database.url) as conn:
         status, until = conn.execute("select status, deferred_until from connector_runs").fetchone()
         kept = conn.execute("select count(*) from connector_state where kind = 'partition'").fetchone()[0]
     assert status == "deferred" and 0 < kept < len(PROPERTIES) * DAYS
+    # Parked because a property's quota really is spent, not while every property still had tokens left.
+    quota = ga.admin("GET", "/_emulator/ga4/state")["quota"]
+    assert max(pools["tokensPerDay"]["used"] for pools in quota.values()) == tokens
     # Parked until GA4's daily reset: midnight Pacific time.
     midnight = datetime.combine(datetime.now(PACIFIC).date() + timedelta(days=1), datetime.min.time(), PACIFIC)
     assert abs(until.timestamp() - midnight.timestamp()) < 5 and abs(deferred.value.until - midnight.timestamp()) < 5

@@ -46,6 +46,20 @@ def test_budget_pause_and_deferral() -> None:
     assert grant.deferred_until == pytest.approx(5001.0) and "quota spent" in grant.reason
 
 
+def test_a_spent_quota_of_one_scope_holds_only_that_scope() -> None:
+    budget = Budget(rate=None, max_wait_s=60)
+    # GA4 keeps quotas per property: one property's spent day leaves another's requests alone.
+    budget.observe(remaining=0, reset_at=5000.0, now=1000.0, limit=6, window="tokensPerDay", scope="property 1")
+    held = budget.acquire(1000.0, "property 1")
+    assert held.deferred_until == pytest.approx(5001.0) and "tokensPerDay quota for property 1" in held.reason
+    assert budget.acquire(1000.0, "property 2").deferred_until is None
+    budget.observe(remaining=1, reset_at=1100.0, now=1000.0, limit=5000, window="tokensPerHour", scope="property 3")
+    assert budget.acquire(1000.0, "property 2").clear_until > 0  # nor does another's slow-down
+    # The credential's own quota holds every scope.
+    budget.observe(remaining=0, reset_at=6000.0, now=1000.0, limit=5000)
+    assert budget.acquire(1000.0, "property 2").deferred_until == pytest.approx(6001.0)
+
+
 def test_budget_slows_down_near_the_end_of_a_window() -> None:
     budget = Budget(rate=None)
     budget.observe(remaining=100, reset_at=1100.0, now=1000.0, limit=5000)  # 2% left, 100 s to go
