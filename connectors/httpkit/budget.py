@@ -72,6 +72,11 @@ class Budget:
             self.waits.append(wait)
         return Grant(wait)
 
+    def paused(self, now: float, scope: str = "") -> bool:
+        """Whether a pause holds `scope` now (a caller that waited its turn checks for one set meanwhile)."""
+        until = max(self._pauses.get("", (0.0, ""))[0], self._pauses.get(scope, (0.0, ""))[0])
+        return until > now
+
     def _effective_rate(self, now: float, scope: str) -> float | None:
         rates = [w.rate for (s, _), w in self._windows.items()
                  if s in ("", scope) and w.rate is not None and now < w.reset_at]

@@ -94,6 +94,10 @@ class CredentialActor:
             self.last_call = time.monotonic()
             return self.budget.acquire(time.time(), scope)
 
+    def paused(self, scope: str = "") -> bool:
+        with self.lock:
+            return self.budget.paused(time.time(), scope)
+
     def observe(self, remaining: int, reset_at: float, limit: int | None = None, window: str = "requests",
                 scope: str = "") -> None:
         with self.lock:

@@ -146,16 +146,7 @@ class Requester:
         return random.uniform(0, min(self.retry.max_s, self.retry.initial_s * 2 ** (n - 1)))  # full jitter
 
     async def _once(self, request: PageRequest, counts: dict[str, int], extra: dict[str, str]) -> Response:
-        if time.time() >= self.clear_until:
-            async with self.asking:  # one question at a time: a lease answers the requests queued behind it
-                grant = None if time.time() < self.clear_until else await self.actor.call("acquire", self.scope)
-            if grant is not None:
-                if grant.deferred_until is not None:
-                    raise QuotaDeferred(f"{grant.reason}; the run is parked until then, with its state kept",
-                                        until=grant.deferred_until)
-                self.clear_until = grant.clear_until
-                if grant.wait > 0:
-                    await asyncio.sleep(grant.wait)
+        await self._take_turn()
         headers = {"User-Agent": USER_AGENT, **self.headers, **extra}
         token = None
         if self.tokens is not None:
@@ -167,6 +158,25 @@ class Requester:
         if 200 <= response.status < 300 or response.status == 304:
             return response
         return await self._failure(request, response, counts, token)
+
+    async def _take_turn(self) -> None:
+        """Wait for this request's turn in the credential's budget (or park the run if the wait is too long)."""
+        while time.time() >= self.clear_until:
+            async with self.asking:  # one question at a time: a lease answers the requests queued behind it
+                grant = None if time.time() < self.clear_until else await self.actor.call("acquire", self.scope)
+            if grant is None:
+                return
+            if grant.deferred_until is not None:
+                raise QuotaDeferred(f"{grant.reason}; the run is parked until then, with its state kept",
+                                    until=grant.deferred_until)
+            self.clear_until = grant.clear_until
+            if grant.wait <= 0:
+                return
+            await asyncio.sleep(grant.wait)
+            # A turn is reserved ahead of time: another task may have been told to back off (a 429's
+            # Retry-After) while this one waited for it. Such a pause holds this request too: ask again.
+            if not await self.actor.call("paused", self.scope):
+                return
 
     async def _follow(self, request: PageRequest, headers: dict[str, str], params: dict[str, Any]) -> Response:
         url, method, body = request.url, request.method, request.body

@@ -163,6 +163,22 @@ def test_429_storm_with_16_partitions_keeps_the_budget_and_retry_after(github_en
     assert loaded(database, "issues") == expected
 
 
+def test_a_retry_after_holds_requests_whose_turn_was_reserved_before_it(github_env, settings, database):
+    # At 2 requests/s a caller's turn is reserved up to a second or two ahead. A 429 answered to another
+    # partition meanwhile must hold it too: it goes after the Retry-After, not at its reserved time.
+    extra = "  rate_limit: {requests_per_second: 2, burst: 1}\n  concurrency: 4\n  pages_per_partition: 1"
+    text = spec_text("URL", ["acme/repo1", "acme/repo2"], streams=["issues"], extra=extra)
+    text = text.replace("  pages_per_partition: 3\n", "")
+    with emulator("--repos", "2", "--issues-per-repo", "600") as gh:
+        gh.set_faults(storm={"every": 6, "status": 429, "retry_after": 3, "count": 1})
+        result = sync(settings, database, text.replace("URL", gh.url))
+        stats, expected = gh.stats(), issue_truth(gh, ["acme/repo1", "acme/repo2"])
+    assert result.status == "succeeded" and result.partitions == 12
+    assert stats["by_note"].get("storm", 0) == 1, stats
+    assert stats["violations"] == 0, "a request reserved before the 429 went before its Retry-After had passed"
+    assert loaded(database, "issues") == expected
+
+
 def test_terminal_errors_fail_fast_with_endpoint_status_and_message(gh, settings, database):
     with pytest.raises(RunFailed) as failed:
         sync(settings, database, spec_text(gh.url, ["acme/repo1", "acme/missing"], streams=["issues"]))

@@ -46,6 +46,18 @@ def test_budget_pause_and_deferral() -> None:
     assert grant.deferred_until == pytest.approx(5001.0) and "quota spent" in grant.reason
 
 
+def test_a_pause_set_after_a_turn_was_reserved_is_visible_to_its_holder() -> None:
+    budget = Budget(rate=2.0, burst=1)
+    turns = [budget.acquire(1000.0).wait for _ in range(4)]
+    assert turns == pytest.approx([0.0, 0.5, 1.0, 1.5])  # reserved ahead at the configured rate
+    assert not budget.paused(1000.6)
+    budget.pause(1003.0, "429 with Retry-After: 3", scope="property 1")
+    assert budget.paused(1001.0, "property 1") and not budget.paused(1001.0, "property 2")
+    budget.pause(1003.0, "429 with Retry-After: 3")
+    assert budget.paused(1001.0, "property 2") and not budget.paused(1003.0)
+    assert budget.acquire(1001.0).wait >= 2.0  # asking again waits the pause out
+
+
 def test_a_spent_quota_of_one_scope_holds_only_that_scope() -> None:
     budget = Budget(rate=None, max_wait_s=60)
     # GA4 keeps quotas per property: one property's spent day leaves another's requests alone.
