@@ -475,6 +475,18 @@ class _Run:
                                 rows_by_stream=self.progress.rows_by_stream,
                                 lease_seconds=self.options.lease_seconds)
 
+    def _collect_finished_reads(self) -> None:
+        """Take in reads that finished but were not collected yet: cancelling them would throw their pages
+        away and spend the source's quota again on the next run."""
+        if not self.reads:
+            return
+        ready, _ = ray.wait(list(self.reads), num_returns=len(self.reads), timeout=0)
+        for ref in ready:
+            try:
+                self._read_done(ref)
+            except RunFailed:
+                continue  # a failed partition stays unrecorded; the next run reads it again
+
     def _cancel_reads(self) -> None:
         """Stop read tasks still running: their partitions stay unrecorded and are read by the next run."""
         for _, _, table_ref in self.reads.values():
@@ -495,6 +507,7 @@ class _Run:
     def _drain_writes(self) -> None:
         """Stop reading; commit what was read and let writes under way finish, recording them, so their work
         is kept (after Ctrl-C, or when the source parks the run)."""
+        self._collect_finished_reads()
         self._cancel_reads()
         for run in self.streams.values():
             if run.pending and run.writer is not None:
