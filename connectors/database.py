@@ -261,12 +261,12 @@ class DatabaseStream:
                 cursor_hi = _to_json(row[0]) if row else None
                 cursor_lo = self._lookback(ctx.cursor, by_name[t.cursor].type)
                 if cursor_hi is None or (cursor_lo is not None and not _before(cursor_lo, cursor_hi)):
-                    return Plan([], cursor_to=ctx.cursor, warnings=tuple(warnings))
+                    return Plan([], cursor_to=ctx.cursor, warnings=tuple(warnings), primary_key=tuple(pk))
             window = (cursor_lo, cursor_hi)
             ranges = self._ranges(d, cat, key, by_name, window if cursor_lo is not None else None)
         parts = [Partition(self.name, (("key", key or ""), ("from", lo), ("to", hi)), window) for lo, hi in ranges]
         return Plan(parts, cursor_to=cursor_hi if t.cursor is not None and ctx.sync_mode == "incremental" else None,
-                    warnings=tuple(warnings))
+                    warnings=tuple(warnings), primary_key=tuple(pk))
 
     def _lookback(self, cursor: Any, typ: str) -> Any:
         if cursor is None or not self.lookback_s or typ.lower() not in ("timestamp", "timestamptz", "datetime"):

@@ -206,7 +206,7 @@ def _plan_snapshot(stream: DatabaseStream, conn: psycopg.Connection[Any], url: s
              for lo, hi_key in ranges]
     if hi > consistent:
         parts.append(_changes_partition(stream, slot, consistent, hi))
-    return Plan(parts, cursor_to=max(hi, consistent))
+    return Plan(parts, cursor_to=max(hi, consistent), primary_key=tuple(pk))
 
 
 def resumable(stream: DatabaseStream, partitions: list[Partition]) -> bool:

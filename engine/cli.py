@@ -199,6 +199,10 @@ def _print_result(result: Any, db: Database) -> None:
             out.print(f"    Delta    {t.delta_uri}", highlight=False, soft_wrap=True)
         if t.postgres_table:
             out.print(f"    Postgres {t.postgres_table}", highlight=False, soft_wrap=True)
+        if t.silver_delta_uri:
+            out.print(f"    silver   {t.silver_delta_uri}", highlight=False, soft_wrap=True)
+        if t.silver_postgres_table:
+            out.print(f"    silver   Postgres {t.silver_postgres_table}", highlight=False, soft_wrap=True)
     out.print(f"  Postgres URL: {db.display_url}", highlight=False, soft_wrap=True)
 
 
@@ -489,10 +493,14 @@ def demo(
             _execute(spec, db, settings, options, instance_id, run_id, show=True)
         peek = ("select status, count(*) as orders, sum(amount) as amount from bronze.raw_demo_shop_orders"
                 f" where _ipai_run_id = '{run_id}' group by status order by 2 desc")
-        out.rule("what the second sync brought: orders by status (ipai sql)")
-        out.print(peek, highlight=False, soft_wrap=True)
-        with db.connect() as conn:
-            _print_query(conn, peek, limit=10)
+        latest = ("select status, count(*) as orders, sum(amount) as amount from silver.demo_shop_orders"
+                  " where not _ipai_deleted group by status order by 2 desc")
+        for title, query in (("what the second sync brought: orders by status (ipai sql)", peek),
+                             ("silver: every order once, as it is now (ipai sql)", latest)):
+            out.rule(title)
+            out.print(query, highlight=False, soft_wrap=True)
+            with db.connect() as conn:
+                _print_query(conn, query, limit=10)
     out.print(f"lakehouse: {settings.lakehouse_uri}   control plane: {db.display_url}", highlight=False)
     if db.embedded_pgdata:
         out.print("the embedded PostgreSQL runs while an ipai command does; query it with `ipai sql`")
@@ -501,7 +509,7 @@ def demo(
 
 def _demo_spec(orders: int, today: int) -> str:
     return (
-        "name: demo_shop\nsource_type: sample\nsync_mode: incremental\n"
+        "name: demo_shop\nsource_type: sample\nsync_mode: incremental\nlayers: [bronze, silver]\n"
         f"source:\n  seed: 7\n  days: 30\n  today: {today}\n  customers: {max(100, orders // 10)}\n"
         f"  orders: {orders}\n  partition_rows: 250000\n"
     )
@@ -683,6 +691,11 @@ def tenant_add_user(
             raise ConfigError(f"user id {user_id!r} is not a uuid (the sub claim of the user's JWT)") from None
     out.print(f"user {user_id} added to tenant {name}", highlight=False)
 
+
+from engine.cli_lakehouse import lakehouse_app  # noqa: E402  (it reuses this module's helpers)
+app.add_typer(lakehouse_app, name="lakehouse")
+from engine.cli_gold import gold_app  # noqa: E402  (it reuses this module's helpers)
+app.add_typer(gold_app, name="gold")
 
 if __name__ == "__main__":
     main()

@@ -28,12 +28,13 @@ from engine.errors import (
 )
 from engine.faults import DriverCrash, FaultPlan, crash_point
 from engine.protocol import Partition, PlanContext, ReadContext, Stream
-from engine.raytime import cluster_cpus, ensure_ray, read_partition
+from engine.raytime import cluster_cpus, ensure_ray, merge_silver, read_partition
 from engine.secrets import Redactor, VaultSecretStore, vault_key
 from engine.secrets import resolve as resolve_secrets
 from engine.spec import ConnectorSpec, SecretRef, redact_url, selected_streams
 from layers.bronze import Ack, BronzeTarget, BronzeWriter
 from layers.delta import table_uri
+from layers.silver import SilverResult, SilverTarget
 
 HEARTBEAT_S = 1.0
 WRITES_IN_FLIGHT = 2  # per writer: one committing, one queued behind it
@@ -74,6 +75,8 @@ class TableLocation:
     delta_uri: str | None
     postgres_table: str | None
     cursor: Any
+    silver_delta_uri: str | None = None
+    silver_postgres_table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class _StreamRun:
     cursor: Any = None
     pending_since: float = 0.0
     notes: dict[str, dict[str, str]] = field(default_factory=dict)  # what readers recorded in earlier runs
+    silver: SilverTarget | None = None
 
     @property
     def pending_rows(self) -> int:
@@ -200,6 +204,8 @@ class _Run:
             self._loop()
             if self.deferred is not None:
                 self._defer(self.deferred, t0)
+            current = "building silver"
+            self._build_silver()
             self.timings["total_s"] = round(time.monotonic() - t0, 3)
             self._save_progress()
             control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings)
@@ -298,7 +304,7 @@ class _Run:
             todo = [p for p in extraction.partitions if extraction.commit_id(p) not in done]
             target = self._target(name)
             run = _StreamRun(stream, extraction, writer=None, target=target, remaining=len(todo),
-                             queued=deque(todo),
+                             queued=deque(todo), silver=self._silver_target(stream, target),
                              notes={} if self.options.full_refresh else state.get_notes(self.conn, self.instance_id, name))
             self.streams[name] = run
             self.progress.partitions_total += len(extraction.partitions)
@@ -324,6 +330,27 @@ class _Run:
             url = dest.postgres.url
             pg_url = self.secrets[url.secret] if isinstance(url, SecretRef) else url or self.db.url
         return BronzeTarget(table, delta_uri, pg_url, dest.postgres.bronze_schema)
+
+    def _silver_target(self, stream: Stream, bronze: BronzeTarget) -> SilverTarget | None:
+        if "silver" not in self.spec.layers:
+            return None
+        key = tuple(stream.primary_key) or state.known_key(self.conn, self.instance_id, stream.name)
+        if not key:
+            self.log("warning", "silver.skipped", f"{stream.name}: the stream has no primary key, so it has no "
+                     "silver table (bronze keeps every row)", stream=stream.name)
+            return None
+        table = f"{self.spec.name}_{stream.name}"
+        lakehouse = self.spec.destinations.lakehouse.uri or self.settings.lakehouse_uri
+        delta = bronze.delta_uri is not None
+        return SilverTarget(
+            table=table, key=key, cursor=stream.cursor_field, bronze_table=bronze.table,
+            delta_uri=table_uri(lakehouse, "silver", table) if delta else None,
+            bronze_delta_uri=bronze.delta_uri,
+            quarantine_delta_uri=table_uri(lakehouse, "bronze", f"quarantine_{table}") if delta else None,
+            postgres_url=bronze.postgres_url, postgres_schema=self.spec.destinations.postgres.silver_schema,
+            bronze_postgres_schema=bronze.postgres_schema,
+            partition_by=self.spec.silver_options(stream.name).partition_by,
+        )
 
     # -- running --------------------------------------------------------------------------------------
 
@@ -487,6 +514,44 @@ class _Run:
             except RunFailed:
                 continue  # a failed partition stays unrecorded; the next run reads it again
 
+    def _build_silver(self) -> None:
+        """Merge each stream's finished, unmerged extractions into silver, one Ray task per stream."""
+        jobs: dict[Any, tuple[_StreamRun, list[str]]] = {}
+        for run in self.streams.values():
+            if run.silver is None:
+                continue
+            pending = state.unmerged_extractions(self.conn, self.instance_id, run.stream.name)
+            if pending:
+                self._connect_ray()
+                ref = merge_silver.options(name=f"silver {run.silver.table}").remote(run.silver, pending, self.run_id)
+                jobs[ref] = (run, pending)
+        t0 = time.monotonic()
+        while jobs:
+            ready, _ = ray.wait(list(jobs), num_returns=1, timeout=HEARTBEAT_S)
+            for ref in ready:
+                run, pending = jobs.pop(ref)
+                name = run.stream.name
+                try:
+                    result: SilverResult = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - reported with the table it concerns
+                    raise RunFailed(
+                        f"stream {name}: merging into silver {run.silver.table if run.silver else ''} failed: "
+                        f"{self.redact(_describe(exc))}; bronze and the cursor are kept, and the next run merges "
+                        "again", run_id=self.run_id) from None
+                state.mark_merged(self.conn, pending)
+                self.log("info", "silver.merged", f"{name}: {result.rows_merged} rows merged into silver "
+                         f"({result.rows_in} read from bronze) in {result.seconds} s", stream=name,
+                         rows_in=result.rows_in, rows_merged=result.rows_merged, extractions=len(pending),
+                         changes=result.changes, seconds=result.seconds)
+                if result.quarantined:
+                    reasons = "; ".join(f"{n} x {r}" for r, n in result.reasons.items())
+                    self.log("warning", "silver.quarantined", f"{name}: {result.quarantined} rows set aside in "
+                             f"bronze quarantine_{run.silver.table if run.silver else ''}: {reasons}",
+                             stream=name, quarantined=result.quarantined, reasons=result.reasons)
+            self._beat()
+        if "silver_s" not in self.timings and self.streams:
+            self.timings["silver_s"] = round(time.monotonic() - t0, 3)
+
     def _cancel_reads(self) -> None:
         """Stop read tasks still running: their partitions stay unrecorded and are read by the next run."""
         for _, _, table_ref in self.reads.values():
@@ -539,7 +604,9 @@ class _Run:
         tables = [
             TableLocation(name, r.target.delta_uri,
                           f"{r.target.postgres_schema}.{r.target.table}" if r.target.postgres_url else None,
-                          r.cursor)
+                          r.cursor, silver_delta_uri=r.silver.delta_uri if r.silver else None,
+                          silver_postgres_table=f"{r.silver.postgres_schema}.{r.silver.table}"
+                          if r.silver and r.silver.postgres_url else None)
             for name, r in self.streams.items()
         ]
         return RunResult(self.run_id, self.instance_id, status, self.progress.rows,

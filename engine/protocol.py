@@ -77,6 +77,8 @@ class Plan:
     cursor_to: Any | None = None
     warnings: tuple[str, ...] = ()
     """What the user should know about this read (a cursor without an index ...): logged on the run."""
+    primary_key: tuple[str, ...] = ()
+    """The key the source's catalog names, for a stream whose spec declares none (silver merges on it)."""
 
 
 @dataclass(frozen=True)

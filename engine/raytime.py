@@ -12,6 +12,7 @@ import ray
 
 from engine.faults import FaultPlan, crash_point
 from engine.protocol import Partition, ReadContext, Stream
+from layers.silver import SilverResult, SilverTarget, merge_extractions
 
 
 
@@ -67,3 +68,16 @@ def read_partition(
     now = pa.scalar(datetime.now(timezone.utc), pa.timestamp("us", tz="UTC"))
     table = table.append_column(pa.field("_ipai_extracted_at", now.type), pa.repeat(now, n))
     return table, (n, notes)
+
+
+class SilverMergeError(RuntimeError):
+    """A silver merge failed; carries the cause as text (driver exceptions, ADBC's, do not pickle)."""
+
+
+@ray.remote(max_retries=0)
+def merge_silver(target: SilverTarget, extraction_ids: list[str], run_id: str) -> SilverResult:
+    """Merge finished extractions into the stream's silver table (see layers/silver.py)."""
+    try:
+        return merge_extractions(target, extraction_ids, run_id=run_id)
+    except Exception as exc:  # noqa: BLE001 - re-raised as a picklable error naming the table
+        raise SilverMergeError(f"{type(exc).__name__}: {exc}") from None

@@ -93,6 +93,14 @@ Auth = Annotated[
 ]
 
 
+class SilverOptions(SpecModel):
+    """How the stream's silver table is laid out (used when `layers` includes silver)."""
+
+    partition_by: tuple[str, ...] = ()
+    """Delta partition columns, for the table's access pattern (a report's date). A key's value in them
+    must never change: merges are scoped to the partitions a batch touches."""
+
+
 class StreamSpec(SpecModel):
     """One stream to sync, with optional per-stream overrides."""
 
@@ -101,6 +109,7 @@ class StreamSpec(SpecModel):
     sync_mode: SyncMode | None = None
     """Overrides the spec's `sync_mode` for this stream."""
     enabled: bool = True
+    silver: SilverOptions = SilverOptions()
 
 
 class LakehouseDestination(SpecModel):
@@ -118,6 +127,7 @@ class PostgresDestination(SpecModel):
     url: str | SecretRef | None = None
     """Connection URL; defaults to the control-plane database (`IPAI_DATABASE_URL` or the embedded one)."""
     bronze_schema: str = Field(default="bronze", pattern=NAME_PATTERN)
+    silver_schema: str = Field(default="silver", pattern=NAME_PATTERN)
 
     @field_validator("url")
     @classmethod
@@ -173,7 +183,9 @@ class ConnectorSpec(SpecModel):
     """Streams to sync; empty means every stream the connector offers."""
     destinations: Destinations = Destinations()
     layers: tuple[Literal["bronze", "silver", "gold"], ...] = ("bronze",)
-    """Layers to build after the load; bronze is always written."""
+    """Layers to build after the load; bronze is always written. With `silver`, each stream's finished
+    extractions are merged into `silver/<name>_<stream>` (Delta) and `silver."<name>_<stream>"`
+    (Postgres): one row per primary key, the latest version, deletes as `_ipai_deleted`."""
     tuning: Tuning = Tuning()
 
     @field_validator("schedule")
@@ -196,6 +208,10 @@ class ConnectorSpec(SpecModel):
         if twice:
             raise ValueError(f"stream listed more than once: {', '.join(twice)}")
         return value
+
+    def silver_options(self, stream: str) -> SilverOptions:
+        """Return the silver layout of `stream` (its spec entry's, else the default)."""
+        return next((s.silver for s in self.streams if s.name == stream), SilverOptions())
 
     def stream_mode(self, stream: str) -> SyncMode:
         """Return the sync mode of `stream`, honouring a per-stream override."""

@@ -85,9 +85,9 @@ def create_extraction(
 ) -> Extraction:
     row = conn.execute(
         "insert into connector_extractions (instance_id, stream, run_id, sync_mode, cursor_from, cursor_to,"
-        " partitions) values (%s, %s, %s, %s, %s, %s, %s) returning id",
+        " partitions, primary_key) values (%s, %s, %s, %s, %s, %s, %s, %s) returning id",
         (instance_id, stream, run_id, sync_mode, json.dumps(cursor_from), json.dumps(plan.cursor_to),
-         json.dumps([p.to_json() for p in plan.partitions])),
+         json.dumps([p.to_json() for p in plan.partitions]), list(plan.primary_key) or None),
     ).fetchone()
     assert row is not None
     return Extraction(str(row[0]), stream, sync_mode, cursor_from, plan.cursor_to, tuple(plan.partitions),
@@ -168,6 +168,32 @@ def finish_extraction(
             (extraction.id,),
         )
     return value
+
+
+def unmerged_extractions(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> list[str]:
+    """Finished extractions of the stream whose bronze rows are not yet merged into silver, oldest first
+    (a run that stopped between its last commit and its silver merge leaves one for the next run)."""
+    rows = conn.execute(
+        "select id from connector_extractions where instance_id = %s and stream = %s and status = 'done'"
+        " and silver_merged_at is null order by finished_at, created_at", (instance_id, stream),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def known_key(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> tuple[str, ...]:
+    """The primary key the source named when the stream was last planned (CDC's later runs plan without
+    reading the catalog)."""
+    row = conn.execute(
+        "select primary_key from connector_extractions where instance_id = %s and stream = %s"
+        " and primary_key is not null order by created_at desc limit 1", (instance_id, stream),
+    ).fetchone()
+    return tuple(row[0]) if row else ()
+
+
+def mark_merged(conn: psycopg.Connection[Any], extraction_ids: Sequence[str]) -> None:
+    """Record that these extractions' rows are in silver."""
+    conn.execute("update connector_extractions set silver_merged_at = now() where id = any(%s::uuid[])",
+                 (list(extraction_ids),))
 
 
 def _after(a: Any, b: Any) -> bool:

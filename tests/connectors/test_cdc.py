@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from deltalake import DeltaTable
 import pyarrow as pa
 import pytest
 
@@ -75,9 +76,10 @@ def source(logical_server: str) -> Iterator[str]:
         conn.execute(f"drop database {name} with (force)")
 
 
-def spec_text(url: str, *, name: str = "src", slot: str | None = None, table: str = "public.items") -> str:
+def spec_text(url: str, *, name: str = "src", slot: str | None = None, table: str = "public.items",
+              layers: str = "bronze") -> str:
     slot_line = f", slot: {slot}" if slot else ""
-    return (f"name: {name}\nsource_type: database\nsync_mode: cdc\nsource:\n  url: {url}\n"
+    return (f"name: {name}\nsource_type: database\nsync_mode: cdc\nlayers: [{layers}]\nsource:\n  url: {url}\n"
             f"  partition_rows: 1000\n  tables:\n    - {{table: {table}{slot_line}}}\n")
 
 
@@ -157,7 +159,7 @@ def test_snapshot_and_changes_land_exactly_once_and_the_slot_trails_bronze(sourc
     racer = threading.Thread(target=write_while_running)
     racer.start()
     try:
-        first = sync(settings, database, spec_text(source))
+        first = sync(settings, database, spec_text(source, layers="bronze, silver"))
     finally:
         stop.set()
         racer.join()
@@ -176,10 +178,20 @@ def test_snapshot_and_changes_land_exactly_once_and_the_slot_trails_bronze(sourc
             for qty in (1, 2, 3):
                 conn.execute("update items set qty = %s where id = 40", (qty,))
         conn.execute("delete from items where id = -1")
-    second = sync(settings, database, spec_text(source))
+    second = sync(settings, database, spec_text(source, layers="bronze, silver"))
     assert second.status == "succeeded"
 
     bronze = assert_bronze(settings, database, source)
+    # Silver holds each key once: the source's rows, and the deleted keys as soft deletes.
+    silver = DeltaTable(f"{settings.lakehouse_uri}/silver/src_items").to_pyarrow_table().to_pylist()
+    live = [r for r in silver if not r["_ipai_deleted"]]
+    assert {tuple(_plain(r[c.strip()]) for c in COLUMNS.split(",")) for r in live} == source_rows(source)
+    gone = set(bronze.column("id").to_pylist()) - {r[0] for r in source_rows(source)}
+    assert gone and {r["id"] for r in silver if r["_ipai_deleted"]} == gone
+    assert len(silver) == len({r["id"] for r in silver})
+    with psycopg.connect(database.url) as conn:
+        in_pg = conn.execute('select id, name, qty, _ipai_deleted from silver.src_items').fetchall()
+    assert sorted(in_pg) == sorted((r["id"], r["name"], r["qty"], r["_ipai_deleted"]) for r in silver)
     # The transaction open while the slot was made is in the snapshot, once; its row's delete came later.
     assert [r["_ipai_op"] for r in sorted(bronze.filter(pa.compute.equal(bronze.column("id"), -1)).to_pylist(),
                                           key=lambda r: r["_ipai_lsn"])] == ["r", "d"]

@@ -1,0 +1,213 @@
+"""Silver: one row per key, the latest version, soft deletes, schema evolution and quarantine, in real
+Delta tables and real Postgres; merges fed by real syncs (sample source, local Ray) and by chunks."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from engine.driver import RunOptions, run_sync
+from engine.specload import parse_spec
+from layers.silver import SilverMerger, SilverTarget
+from tests.truth import bronze_postgres, source_rows
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+SHOP = """
+name: {name}
+source_type: sample
+layers: [{layers}]
+source:
+  seed: 5
+  days: 30
+  today: {today}
+  customers: 2000
+  orders: 8000
+  partition_rows: 4000
+tuning:
+  commit_rows: 10000
+"""
+
+
+def shop_sync(settings: Any, database: Any, *, today: int, layers: str = "bronze, silver", name: str = "shop",
+              **options: Any) -> Any:
+    text = SHOP.format(today=today, layers=layers, name=name)
+    return run_sync(parse_spec(text), text, db=database, settings=settings, options=RunOptions(**options))
+
+
+def pg_rows(url: str, table: str, columns: list[str], key: str = "id") -> list[tuple]:
+    """Silver's rows in Postgres through psycopg (numeric as Decimal, as the source has it), sorted by key."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    with psycopg.connect(url) as conn:
+        return conn.execute(f'select {names} from silver."{table}" order by "{key}"').fetchall()
+
+
+def data_rows(table: pa.Table, columns: list[str], key: str = "id") -> list[tuple]:
+    """The table's rows as tuples of `columns`, sorted by key, for comparing with the source."""
+    rows = table.select(columns).to_pylist()
+    return sorted((tuple(r[c] for c in columns) for r in rows), key=lambda r: r[columns.index(key)])
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_incremental_runs_leave_silver_equal_to_the_source(settings, database):
+    # Day 20 with bronze only, then silver turned on at day 25: the second run merges both extractions
+    # (bronze history included), and silver equals the source as it is on day 25, one row per key.
+    assert shop_sync(settings, database, today=20, layers="bronze").status == "succeeded"
+    result = shop_sync(settings, database, today=25)
+    assert result.status == "succeeded"
+    spec = parse_spec(SHOP.format(today=25, layers="bronze, silver", name="shop"))
+    for stream, key in (("customers", "id"), ("orders", "id")):
+        truth = source_rows(spec, stream)
+        columns = truth.column_names
+        expected = data_rows(truth, columns, key)
+        delta = DeltaTable(f"{settings.lakehouse_uri}/silver/shop_{stream}").to_pyarrow_table()
+        assert data_rows(delta, columns, key) == expected
+        assert pg_rows(database.url, f"shop_{stream}", columns, key) == expected
+        assert not any(delta.column("_ipai_deleted").to_pylist())
+        assert pg_rows(database.url, f"shop_{stream}", ["_ipai_deleted"], "_ipai_deleted")[-1] == (False,)
+        assert bronze_postgres(database.url, f"raw_shop_{stream}").num_rows > truth.num_rows  # changed rows twice
+    with database.connect() as conn:
+        unmerged = conn.execute("select count(*) from connector_extractions where silver_merged_at is null").fetchone()
+        events = [r[0] for r in conn.execute("select event from connector_run_logs where run_id = %s",
+                                             (result.run_id,))]
+    assert unmerged == (0,)
+    assert events.count("silver.merged") == 3
+
+    # A third run finds nothing new to read and nothing to merge: silver stays as it is.
+    every = ["id", "_ipai_run_id", "_ipai_extracted_at", "_ipai_row_hash"]
+    before = pg_rows(database.url, "shop_orders", every)
+    assert shop_sync(settings, database, today=25).status == "succeeded"
+    assert pg_rows(database.url, "shop_orders", every) == before
+
+
+# -- merges of chunks -------------------------------------------------------------------------------
+
+
+def target_in(tmp: Path, database: Any, name: str, *, cursor: str | None = "updated_at") -> SilverTarget:
+    return SilverTarget(table=name, key=("id",), cursor=cursor, bronze_table=f"raw_{name}",
+                        delta_uri=str(tmp / "silver" / name), quarantine_delta_uri=str(tmp / "bronze" / f"q_{name}"),
+                        postgres_url=database.url)
+
+
+def chunk(rows: list[dict[str, Any]], *, extracted_at: datetime = T0, schema: pa.Schema | None = None) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    n = table.num_rows
+    table = table.append_column("_ipai_run_id", pa.array([str(uuid.UUID(int=1))] * n))
+    table = table.append_column("_ipai_extraction_id", pa.array([str(uuid.UUID(int=2))] * n))
+    table = table.append_column("_ipai_partition", pa.array([0] * n, pa.int32()))
+    return table.append_column("_ipai_extracted_at", pa.array([extracted_at] * n, pa.timestamp("us", tz="UTC")))
+
+
+def silver_both(tmp: Path, database: Any, name: str, columns: list[str]) -> tuple[list[tuple], list[tuple]]:
+    delta = DeltaTable(str(tmp / "silver" / name)).to_pyarrow_table()
+    return data_rows(delta, columns), pg_rows(database.url, name, columns)
+
+
+ROW = st.fixed_dictionaries({
+    "id": st.integers(1, 8),
+    "updated_at": st.integers(0, 4).map(lambda d: T0 + timedelta(days=d)),
+    "name": st.sampled_from(["a", "b", "c", None]),
+    "amount": st.integers(-5, 5),
+})
+BATCHES = st.lists(st.lists(ROW, min_size=1, max_size=12), min_size=1, max_size=4)
+
+
+@hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=BATCHES, seed=st.integers(0, 1000))
+def test_the_same_batches_delivered_1_2_and_5_times_shuffled_give_the_same_silver(tmp_path, database, batches,
+                                                                                 seed):
+    columns = ["id", "updated_at", "name", "amount", "_ipai_deleted"]
+    schema = pa.schema([("id", pa.int64()), ("updated_at", pa.timestamp("us", tz="UTC")), ("name", pa.string()),
+                        ("amount", pa.int64())])
+    results = []
+    for copies in (1, 2, 5):
+        name = f"prop_{uuid.uuid4().hex[:8]}"
+        deliveries = [b for b in batches for _ in range(copies)]
+        random.Random(seed + copies).shuffle(deliveries)
+        with SilverMerger(target_in(tmp_path, database, name), run_id=str(uuid.UUID(int=1))) as merger:
+            for rows in deliveries:
+                merger.merge(chunk(random.Random(seed).sample(rows, len(rows)), schema=schema), extraction_id="e")
+        delta, pg = silver_both(tmp_path, database, name, columns)
+        assert delta == pg
+        results.append(delta)
+    assert results[0] == results[1] == results[2]
+    # Each key holds its greatest updated_at, and a value one of its rows with that updated_at had.
+    every = [r for b in batches for r in b]
+    assert [r[0] for r in results[0]] == sorted({r["id"] for r in every})
+    for id_, updated_at, name, amount, deleted in results[0]:
+        newest = max(r["updated_at"] for r in every if r["id"] == id_)
+        assert updated_at == newest and not deleted
+        assert {"name": name, "amount": amount} in [{"name": r["name"], "amount": r["amount"]} for r in every
+                                                   if r["id"] == id_ and r["updated_at"] == newest]
+
+
+def test_schema_drift_adds_widens_and_quarantines_without_touching_silver(tmp_path, database):
+    name = "drift"
+    target = target_in(tmp_path, database, name)
+    with SilverMerger(target, run_id=str(uuid.UUID(int=1))) as merger:
+        merger.merge(chunk([{"id": 1, "updated_at": T0, "n": 1}, {"id": 2, "updated_at": T0, "n": 2}]),
+                     extraction_id="e1")
+        # A new column and a widened type (int -> double): both applied in place.
+        merger.merge(chunk([{"id": 2, "updated_at": T0 + timedelta(days=1), "n": 2.5, "tag": "x"}]),
+                     extraction_id="e2")
+        # Text where silver has numbers: the row that does not fit is set aside, the other goes in.
+        merger.merge(chunk([{"id": 1, "updated_at": T0 + timedelta(days=2), "n": "n/a", "tag": "y"},
+                            {"id": 3, "updated_at": T0 + timedelta(days=2), "n": "7", "tag": "z"}]),
+                     extraction_id="e3")
+        # A row with no key cannot be merged.
+        merger.merge(chunk([{"id": None, "updated_at": T0, "n": 4.0, "tag": "k"}]), extraction_id="e4")
+    assert merger.result.quarantined == 2
+    assert any("widen n" in c for c in merger.result.changes) and any("add tag" in c for c in merger.result.changes)
+    columns = ["id", "n", "tag"]
+    delta, pg = silver_both(tmp_path, database, name, columns)
+    assert delta == pg == [(1, 1.0, None), (2, 2.5, "x"), (3, 7.0, "z")]
+    assert DeltaTable(str(tmp_path / "silver" / name)).schema().to_arrow().field("n").type == pa.float64()
+    with psycopg.connect(database.url) as conn:
+        kind = conn.execute("select data_type from information_schema.columns where table_schema = 'silver'"
+                            " and table_name = 'drift' and column_name = 'n'").fetchone()
+        held = conn.execute(f'select id, _ipai_column, _ipai_value, _ipai_reason from bronze."quarantine_{name}"'
+                            " order by _ipai_column").fetchall()
+    assert kind == ("double precision",)
+    assert held[0][1:3] == ("id", None) and "primary key is null" in held[0][3]
+    assert held[1][:3] == ("1", "n", "n/a") and "does not fit silver's type double" in held[1][3]
+    quarantined = DeltaTable(str(tmp_path / "bronze" / f"q_{name}")).to_pyarrow_table()
+    assert sorted(quarantined.column("_ipai_value").to_pylist(), key=str) == sorted(["n/a", None], key=str)
+
+
+def test_change_data_capture_rows_become_soft_deletes_and_keep_unsent_columns(tmp_path, database):
+    name = "cdc"
+    target = SilverTarget(table=name, key=("id",), cursor=None, bronze_table="raw_cdc",
+                          delta_uri=str(tmp_path / "silver" / name), postgres_url=database.url)
+    schema = pa.schema([("id", pa.int64()), ("body", pa.string()), ("n", pa.int64()), ("_ipai_op", pa.string()),
+                        ("_ipai_lsn", pa.int64()), ("_ipai_seq", pa.int32()), ("_ipai_unchanged", pa.string())])
+
+    def change(id_: int, op: str, lsn: int, seq: int, body: str | None = None, n: int | None = None,
+               unchanged: str | None = None) -> dict[str, Any]:
+        return {"id": id_, "body": body, "n": n, "_ipai_op": op, "_ipai_lsn": lsn, "_ipai_seq": seq,
+                "_ipai_unchanged": unchanged}
+
+    with SilverMerger(target, run_id=str(uuid.UUID(int=1))) as merger:
+        merger.merge(chunk([change(1, "r", 100, -1, "long text 1", 1), change(2, "r", 100, -1, "long text 2", 2),
+                            change(3, "r", 100, -1, "long text 3", 3)], schema=schema), extraction_id="snapshot")
+        # Out of order and repeated: a delete, an update that did not send `body` (TOAST), and, in the same
+        # chunk, an update of key 3 followed by one that did not send body either.
+        changes = [change(2, "d", 120, 0), change(1, "u", 110, 0, None, 10, "body"),
+                   change(3, "u", 130, 0, "new text 3", 30), change(3, "u", 140, 0, None, 31, "body"),
+                   change(2, "d", 120, 0)]
+        merger.merge(chunk(changes, schema=schema), extraction_id="changes")
+        merger.merge(chunk(changes[::-1], schema=schema), extraction_id="changes")
+    columns = ["id", "body", "n", "_ipai_deleted"]
+    delta, pg = silver_both(tmp_path, database, name, columns)
+    assert delta == pg == [(1, "long text 1", 10, False), (2, "long text 2", 2, True), (3, "new text 3", 31, False)]
+    assert "_ipai_unchanged" not in DeltaTable(str(tmp_path / "silver" / name)).schema().to_arrow().names
+    assert pc.max(DeltaTable(str(tmp_path / "silver" / name)).to_pyarrow_table().column("_ipai_lsn")).as_py() == 140
