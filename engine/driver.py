@@ -34,7 +34,7 @@ from engine.secrets import resolve as resolve_secrets
 from engine.spec import ConnectorSpec, SecretRef, redact_url, selected_streams
 from layers.bronze import Ack, BronzeTarget, BronzeWriter
 from layers.delta import table_uri
-from layers.silver import SilverResult, SilverTarget
+from layers.silver import Merge, SilverResult, SilverTarget
 
 HEARTBEAT_S = 1.0
 WRITES_IN_FLIGHT = 2  # per writer: one committing, one queued behind it
@@ -171,6 +171,7 @@ class _Run:
         self.streams: dict[str, _StreamRun] = {}
         self.reads: dict[Any, tuple[_StreamRun, Partition, Any]] = {}  # rows ref -> (stream, partition, table ref)
         self.writes: dict[Any, tuple[_StreamRun, list[tuple[Partition, Any, int]]]] = {}
+        self.silver_jobs: dict[Any, tuple[_StreamRun, list[Merge]]] = {}  # silver merge ref -> (stream, extractions)
         self.timings: dict[str, float] = {}
         self.last_beat = 0.0
         tenant = conn.execute("select tenant_id from connector_runs where id = %s", (run_id,)).fetchone()
@@ -350,6 +351,7 @@ class _Run:
             postgres_url=bronze.postgres_url, postgres_schema=self.spec.destinations.postgres.silver_schema,
             bronze_postgres_schema=bronze.postgres_schema,
             partition_by=self.spec.silver_options(stream.name).partition_by,
+            flatten=tuple((f.column, f.path, f.type) for f in self.spec.silver_options(stream.name).flatten),
         )
 
     # -- running --------------------------------------------------------------------------------------
@@ -493,6 +495,7 @@ class _Run:
                          stream=run.stream.name)
         self.log("info", "stream.done", f"{run.stream.name}: extraction complete, cursor at {run.cursor}",
                  stream=run.stream.name, cursor=run.cursor, rows=self.progress.rows_by_stream[run.stream.name])
+        self._submit_silver(run)
 
     def _save_progress(self) -> None:
         """Persist progress and renew the lease (raises LeaseLost if the run was taken from us)."""
@@ -514,43 +517,52 @@ class _Run:
             except RunFailed:
                 continue  # a failed partition stays unrecorded; the next run reads it again
 
+    def _submit_silver(self, run: _StreamRun) -> None:
+        """Start merging the stream's finished, unmerged extractions into silver (a Ray task), while other
+        streams are still read."""
+        if run.silver is None or any(r is run for r, _ in self.silver_jobs.values()):
+            return
+        pending = state.unmerged_extractions(self.conn, self.instance_id, run.stream.name)
+        if pending:
+            self._connect_ray()
+            ref = merge_silver.options(name=f"silver {run.silver.table}").remote(run.silver, pending, self.run_id)
+            self.silver_jobs[ref] = (run, pending)
+
     def _build_silver(self) -> None:
-        """Merge each stream's finished, unmerged extractions into silver, one Ray task per stream."""
-        jobs: dict[Any, tuple[_StreamRun, list[str]]] = {}
+        """Wait for the silver merges, after starting those of streams with a backlog (a run that stopped
+        before merging, or silver turned on later)."""
         for run in self.streams.values():
-            if run.silver is None:
-                continue
-            pending = state.unmerged_extractions(self.conn, self.instance_id, run.stream.name)
-            if pending:
-                self._connect_ray()
-                ref = merge_silver.options(name=f"silver {run.silver.table}").remote(run.silver, pending, self.run_id)
-                jobs[ref] = (run, pending)
+            self._submit_silver(run)
         t0 = time.monotonic()
-        while jobs:
-            ready, _ = ray.wait(list(jobs), num_returns=1, timeout=HEARTBEAT_S)
+        while self.silver_jobs:
+            ready, _ = ray.wait(list(self.silver_jobs), num_returns=1, timeout=HEARTBEAT_S)
             for ref in ready:
-                run, pending = jobs.pop(ref)
-                name = run.stream.name
-                try:
-                    result: SilverResult = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - reported with the table it concerns
-                    raise RunFailed(
-                        f"stream {name}: merging into silver {run.silver.table if run.silver else ''} failed: "
-                        f"{self.redact(_describe(exc))}; bronze and the cursor are kept, and the next run merges "
-                        "again", run_id=self.run_id) from None
-                state.mark_merged(self.conn, pending)
-                self.log("info", "silver.merged", f"{name}: {result.rows_merged} rows merged into silver "
-                         f"({result.rows_in} read from bronze) in {result.seconds} s", stream=name,
-                         rows_in=result.rows_in, rows_merged=result.rows_merged, extractions=len(pending),
-                         changes=result.changes, seconds=result.seconds)
-                if result.quarantined:
-                    reasons = "; ".join(f"{n} x {r}" for r, n in result.reasons.items())
-                    self.log("warning", "silver.quarantined", f"{name}: {result.quarantined} rows set aside in "
-                             f"bronze quarantine_{run.silver.table if run.silver else ''}: {reasons}",
-                             stream=name, quarantined=result.quarantined, reasons=result.reasons)
+                run, pending = self.silver_jobs.pop(ref)
+                self._silver_done(ref, run, pending)
             self._beat()
-        if "silver_s" not in self.timings and self.streams:
-            self.timings["silver_s"] = round(time.monotonic() - t0, 3)
+        if self.streams:
+            self.timings["silver_wait_s"] = round(time.monotonic() - t0, 3)
+
+    def _silver_done(self, ref: Any, run: _StreamRun, pending: list[Merge]) -> None:
+        name, table = run.stream.name, run.silver.table if run.silver else ""
+        try:
+            result: SilverResult = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - reported with the table it concerns
+            raise RunFailed(f"stream {name}: merging into silver {table} failed: {self.redact(_describe(exc))}; "
+                            "bronze and the cursor are kept, and the next run merges again",
+                            run_id=self.run_id) from None
+        state.mark_merged(self.conn, pending)
+        self.log("info", "silver.merged", f"{name}: {result.rows_merged} rows merged into silver {table} "
+                 f"({result.rows_in} read from bronze) in {result.seconds} s"
+                 + (f"; {result.missing_deleted} keys the source no longer has marked deleted"
+                    if result.missing_deleted else ""),
+                 stream=name, rows_in=result.rows_in, rows_merged=result.rows_merged, extractions=len(pending),
+                 missing_deleted=result.missing_deleted, changes=result.changes, seconds=result.seconds)
+        if result.quarantined:
+            reasons = "; ".join(f"{n} x {r}" for r, n in result.reasons.items())
+            self.log("warning", "silver.quarantined", f"{name}: {result.quarantined} rows set aside in bronze "
+                     f"quarantine_{table}: {reasons}", stream=name, quarantined=result.quarantined,
+                     reasons=result.reasons)
 
     def _cancel_reads(self) -> None:
         """Stop read tasks still running: their partitions stay unrecorded and are read by the next run."""

@@ -12,7 +12,7 @@ import ray
 
 from engine.faults import FaultPlan, crash_point
 from engine.protocol import Partition, ReadContext, Stream
-from layers.silver import SilverResult, SilverTarget, merge_extractions
+from layers.silver import Merge, SilverResult, SilverTarget, merge_extractions
 
 
 
@@ -75,9 +75,9 @@ class SilverMergeError(RuntimeError):
 
 
 @ray.remote(max_retries=0)
-def merge_silver(target: SilverTarget, extraction_ids: list[str], run_id: str) -> SilverResult:
+def merge_silver(target: SilverTarget, merges: list[Merge], run_id: str) -> SilverResult:
     """Merge finished extractions into the stream's silver table (see layers/silver.py)."""
     try:
-        return merge_extractions(target, extraction_ids, run_id=run_id)
+        return merge_extractions(target, merges, run_id=run_id)
     except Exception as exc:  # noqa: BLE001 - re-raised as a picklable error naming the table
         raise SilverMergeError(f"{type(exc).__name__}: {exc}") from None

@@ -93,9 +93,22 @@ Auth = Annotated[
 ]
 
 
+class FlattenField(SpecModel):
+    """A nested field given its own silver column."""
+
+    column: str = Field(pattern=NAME_PATTERN)
+    """The new column's name."""
+    path: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
+    """The stream's column, then the field's keys, dotted: `user.login` (JSON objects and structs alike)."""
+    type: Literal["string", "int64", "float64", "bool", "timestamp", "date"] = "string"
+    """A value that does not parse as this type sets its row aside (quarantine), naming the column."""
+
+
 class SilverOptions(SpecModel):
     """How the stream's silver table is laid out (used when `layers` includes silver)."""
 
+    flatten: tuple[FlattenField, ...] = ()
+    """Nested fields to lift into columns of their own (the nested column stays as it is)."""
     partition_by: tuple[str, ...] = ()
     """Delta partition columns, for the table's access pattern (a report's date). A key's value in them
     must never change: merges are scoped to the partitions a batch touches."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -41,6 +42,18 @@ class Extraction:
     def commit_id(self, partition: Partition) -> str:
         """Return the id that marks `partition` of this extraction in Delta and in the load ledger."""
         return f"{self.id}:{partition.key}"
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One finished extraction to merge into silver."""
+
+    extraction_id: str
+    complete: bool
+    """It read the whole source (a full sync, a first read, a CDC snapshot): a key silver has that it did not
+    deliver was deleted at the source."""
+    started_at: datetime
+    """When it was planned: every row it delivered was read after this."""
 
 
 def get_cursor(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> Any:
@@ -170,14 +183,15 @@ def finish_extraction(
     return value
 
 
-def unmerged_extractions(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> list[str]:
+def unmerged_extractions(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> list[Merge]:
     """Finished extractions of the stream whose bronze rows are not yet merged into silver, oldest first
     (a run that stopped between its last commit and its silver merge leaves one for the next run)."""
     rows = conn.execute(
-        "select id from connector_extractions where instance_id = %s and stream = %s and status = 'done'"
+        "select id, sync_mode = 'full' or cursor_from is null or cursor_from = 'null'::jsonb, created_at"
+        " from connector_extractions where instance_id = %s and stream = %s and status = 'done'"
         " and silver_merged_at is null order by finished_at, created_at", (instance_id, stream),
     ).fetchall()
-    return [str(r[0]) for r in rows]
+    return [Merge(str(i), bool(complete), started) for i, complete, started in rows]
 
 
 def known_key(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> tuple[str, ...]:
@@ -190,10 +204,10 @@ def known_key(conn: psycopg.Connection[Any], instance_id: str, stream: str) -> t
     return tuple(row[0]) if row else ()
 
 
-def mark_merged(conn: psycopg.Connection[Any], extraction_ids: Sequence[str]) -> None:
+def mark_merged(conn: psycopg.Connection[Any], merges: Sequence[Merge]) -> None:
     """Record that these extractions' rows are in silver."""
     conn.execute("update connector_extractions set silver_merged_at = now() where id = any(%s::uuid[])",
-                 (list(extraction_ids),))
+                 ([m.extraction_id for m in merges],))
 
 
 def _after(a: Any, b: Any) -> bool:

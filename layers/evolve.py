@@ -42,7 +42,7 @@ def conform(rows: pa.Table, declared: pa.Schema | None, *, key: Sequence[str]
     for k in key[1:]:
         null_key = pc.or_(null_key, pc.is_null(rows.column(k)))
     if pc.any(null_key).as_py():
-        bad.append(_set_aside(rows.filter(null_key), key, "the primary key is null", key[0]))
+        bad.append(set_aside(rows.filter(null_key), key, "the primary key is null", key[0]))
         rows = rows.filter(pc.invert(null_key))
     changes: list[str] = []
     if declared is not None:
@@ -64,7 +64,7 @@ def conform(rows: pa.Table, declared: pa.Schema | None, *, key: Sequence[str]
             else:
                 fitted, failed = _cast_values(rows.column(i), old)
                 if pc.any(failed).as_py():
-                    bad.append(_set_aside(rows.filter(failed), key, f"a value of {name} ({new}) does not fit "
+                    bad.append(set_aside(rows.filter(failed), key, f"a value of {name} ({new}) does not fit "
                                           f"silver's type {old}", name))
                     rows = rows.filter(pc.invert(failed))
                     fitted = fitted.filter(pc.invert(failed))
@@ -104,7 +104,7 @@ def _cast_values(column: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.ChunkedAr
     return pa.chunked_array([cast]), failed
 
 
-def _set_aside(rows: pa.Table, key: Sequence[str], reason: str, column: str) -> pa.Table:
+def set_aside(rows: pa.Table, key: Sequence[str], reason: str, column: str) -> pa.Table:
     values = rows.column(column).to_pylist()
     records = rows.to_pylist()
     out = {k: pa.array([None if v is None else str(v) for v in rows.column(k).to_pylist()], pa.string()) for k in key}

@@ -28,12 +28,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.state import Merge
 from layers.evolve import Quarantined, conform
+from layers.flatten import flatten
 from layers.silver_delta import DeltaSilverTable
 from layers.silver_postgres import PostgresSilverTable
 
@@ -57,6 +60,8 @@ class SilverTarget:
     postgres_schema: str = "silver"
     bronze_postgres_schema: str = "bronze"
     partition_by: tuple[str, ...] = ()
+    flatten: tuple[tuple[str, str, str], ...] = ()
+    """(column, dotted path, type) of nested fields lifted into columns (see `layers.flatten`)."""
     chunk_rows: int = CHUNK_ROWS
 
 
@@ -67,6 +72,8 @@ class SilverResult:
     rows_in: int = 0
     rows_merged: int = 0
     quarantined: int = 0
+    missing_deleted: int = 0
+    """Keys a complete extraction did not deliver, soft-deleted."""
     reasons: dict[str, int] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -82,12 +89,18 @@ def version_columns(names: Sequence[str], cursor: str | None, key: Sequence[str]
     return head + [c for c in ("_ipai_extracted_at", "_ipai_row_hash") if c in names]
 
 
-def merge_extractions(target: SilverTarget, extraction_ids: Sequence[str], *, run_id: str) -> SilverResult:
-    """Merge the bronze rows of `extraction_ids` (oldest first) into silver; safe to repeat."""
+def merge_extractions(target: SilverTarget, merges: Sequence[Merge], *, run_id: str) -> SilverResult:
+    """Merge the bronze rows of finished extractions (oldest first) into silver; safe to repeat.
+
+    After a complete extraction, the keys it did not deliver are soft-deleted: they are the rows whose
+    version is older than the extraction (a row it delivered carries a later `_ipai_extracted_at`, so it
+    replaced the stored one)."""
     with SilverMerger(target, run_id=run_id) as merger:
-        for extraction_id in extraction_ids:
-            for chunk in _bronze_chunks(target, extraction_id):
-                merger.merge(chunk, extraction_id=extraction_id)
+        for merge in merges:
+            for chunk in _bronze_chunks(target, merge.extraction_id):
+                merger.merge(chunk, extraction_id=merge.extraction_id)
+            if merge.complete:
+                merger.delete_older_than(merge.started_at)
     return merger.result
 
 
@@ -114,6 +127,9 @@ class SilverMerger:
         """Merge one chunk of bronze rows (any order, any split, any number of times: same silver)."""
         result = self.result
         result.rows_in += chunk.num_rows
+        if self.target.flatten:
+            chunk, unparsed = flatten(chunk, self.target.flatten, key=self.target.key)
+            _record_quarantine(self.target, unparsed, result, run_id=self.run_id, extraction_id=extraction_id)
         rows, truncated_below = prepare(chunk, self.target)
         declared = self.delta.schema() if self.delta else (self.pg.schema() if self.pg else None)
         rows, quarantined, changes = conform(rows, declared, key=self.target.key)
@@ -125,6 +141,11 @@ class SilverMerger:
         if self.pg is not None:
             self.pg.merge(rows, versions, truncated_below=truncated_below)
         result.rows_merged += rows.num_rows
+
+    def delete_older_than(self, started_at: datetime) -> None:
+        """Soft-delete the live rows last delivered before `started_at` (by extractions before a complete one)."""
+        counts = [t.delete_older_than(started_at) for t in (self.delta, self.pg) if t is not None]
+        self.result.missing_deleted += max(counts, default=0)
 
 
 def prepare(chunk: pa.Table, target: SilverTarget) -> tuple[pa.Table, int | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +63,15 @@ class DeltaSilverTable:
         updates = assignments(stored, self.key, rows.column_names, quote=quote)
         merger.when_matched_update(updates, predicate=newer_sql(versions, "s", "t", quote)) \
             .when_not_matched_insert({quote(c): f"s.{quote(c)}" for c in stored}).execute()
+
+    def delete_older_than(self, started_at: datetime) -> int:
+        table = self._table()
+        if table is None:
+            return 0
+        stamp = started_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        metrics = table.update(updates={"_ipai_deleted": "true"},
+                               predicate=f"_ipai_extracted_at < '{stamp}' AND NOT _ipai_deleted")
+        return int(metrics.get("num_updated_rows", 0))
 
     def _scope(self, rows: pa.Table) -> str:
         """A partition predicate naming only the partitions this chunk touches (delta-rs MERGE without one

@@ -4,6 +4,7 @@ MERGEd in one transaction, so a failed chunk leaves the table as it was."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -86,6 +87,21 @@ class PostgresSilverTable:
             self.close()  # the transaction dies with its connection: nothing of this chunk is visible
             raise
 
+    def delete_older_than(self, started_at: datetime) -> int:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                if not self._columns(cur):
+                    return 0
+                cur.execute(f"update {self.name} set _ipai_deleted = true"
+                            " where _ipai_extracted_at < $1 and not _ipai_deleted", (started_at,))
+                count = cur.rowcount
+            conn.commit()
+        except BaseException:
+            self.close()
+            raise
+        return int(count)
+
     def _create(self, cur: Any, rows: pa.Table) -> None:
         cur.execute(f"create table {self.name} (like pg_temp.{STAGE})")
         if "_ipai_unchanged" in rows.column_names:
@@ -96,6 +112,11 @@ class PostgresSilverTable:
         cur.execute(f"alter table {self.name} alter column _ipai_deleted set not null,"
                     f" alter column _ipai_deleted set default false,"
                     f" add primary key ({', '.join(quote_ident(k) for k in self.key)})")
+        # Gold views are owned by `ipai_gold` (the control plane's migrations make it): it reads silver.
+        cur.execute("select exists (select from pg_roles where rolname = 'ipai_gold')")
+        if cur.fetchone()[0]:
+            cur.execute(f"grant usage on schema {quote_ident(self.schema_name)} to ipai_gold")
+            cur.execute(f"grant select on {self.name} to ipai_gold")
 
     def _evolve(self, cur: Any, rows: pa.Table, columns: dict[str, tuple[str, Any, Any]]) -> None:
         """Add the chunk's new columns; widen a column whose incoming type is wider (bigint -> double)."""

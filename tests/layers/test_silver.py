@@ -211,3 +211,50 @@ def test_change_data_capture_rows_become_soft_deletes_and_keep_unsent_columns(tm
     assert delta == pg == [(1, "long text 1", 10, False), (2, "long text 2", 2, True), (3, "new text 3", 31, False)]
     assert "_ipai_unchanged" not in DeltaTable(str(tmp_path / "silver" / name)).schema().to_arrow().names
     assert pc.max(DeltaTable(str(tmp_path / "silver" / name)).to_pyarrow_table().column("_ipai_lsn")).as_py() == 140
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_full_sync_soft_deletes_the_keys_the_source_no_longer_has(settings, database):
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("create schema src; create table src.items (id bigint primary key, name text, updated_at timestamptz)")
+        conn.execute("insert into src.items select g, 'item ' || g, now() from generate_series(1, 3000) g")
+    text = (f"name: inv\nsource_type: database\nsync_mode: full\nlayers: [bronze, silver]\n"
+            f"source:\n  url: {database.url}\n  partition_rows: 1000\n  tables:\n    - {{table: src.items}}\n")
+    assert run_sync(parse_spec(text), text, db=database, settings=settings).status == "succeeded"
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("delete from src.items where id between 101 and 150")
+        conn.execute("update src.items set name = 'renamed' where id = 7")
+    second = run_sync(parse_spec(text), text, db=database, settings=settings)
+    assert second.status == "succeeded"
+    delta = DeltaTable(f"{settings.lakehouse_uri}/silver/inv_items").to_pyarrow_table()
+    for rows in (data_rows(delta, ["id", "name", "_ipai_deleted"]), pg_rows(database.url, "inv_items",
+                                                                            ["id", "name", "_ipai_deleted"])):
+        assert len(rows) == 3000
+        assert [r[0] for r in rows if r[2]] == list(range(101, 151)), "the deleted keys, soft-deleted"
+        assert rows[6] == (7, "renamed", False) and rows[100] == (101, "item 101", True)  # last known values kept
+    with database.connect() as conn:
+        said = conn.execute("select message from connector_run_logs where run_id = %s and event = 'silver.merged'",
+                            (second.run_id,)).fetchone()
+    assert said and "50 keys the source no longer has marked deleted" in said[0]
+
+
+def test_declared_nested_fields_get_columns_and_a_value_that_does_not_parse_is_set_aside(tmp_path, database):
+    target = SilverTarget(table="nested", key=("id",), cursor="updated_at", bronze_table="raw_nested",
+                          delta_uri=str(tmp_path / "silver" / "nested"),
+                          quarantine_delta_uri=str(tmp_path / "bronze" / "q_nested"), postgres_url=database.url,
+                          flatten=(("user_login", "user.login", "string"), ("user_id", "user.id", "int64"),
+                                   ("seen", "user.seen_at", "timestamp")))
+    rows = [{"id": 1, "updated_at": T0, "user": '{"login": "ada", "id": 7, "seen_at": "2026-11-02T10:00:00Z"}'},
+            {"id": 2, "updated_at": T0, "user": '{"login": "bob"}'},
+            {"id": 3, "updated_at": T0, "user": '{"login": "eve", "id": "x7"}'},
+            {"id": 4, "updated_at": T0, "user": None}]
+    with SilverMerger(target, run_id=str(uuid.UUID(int=1))) as merger:
+        merger.merge(chunk(rows), extraction_id="e")
+    assert merger.result.quarantined == 1
+    seen = datetime(2026, 11, 2, 10, tzinfo=timezone.utc)
+    expected = [(1, "ada", 7, seen), (2, "bob", None, None), (4, None, None, None)]
+    delta, pg = silver_both(tmp_path, database, "nested", ["id", "user_login", "user_id", "seen"])
+    assert delta == pg == expected
+    with psycopg.connect(database.url) as conn:
+        held = conn.execute('select id, _ipai_column, _ipai_value, _ipai_reason from bronze."quarantine_nested"').fetchall()
+    assert held == [("3", "user_id", "x7", "flatten user_id: user.id does not parse as int64")]
