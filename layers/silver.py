@@ -4,8 +4,9 @@ A finished extraction's bronze rows are merged into `silver/<name>_<stream>` (De
 `silver."<name>_<stream>"` (Postgres). The merge is a pure function of the rows, so merging the same
 rows again, in any order or split, leaves silver as it was:
 
-- a row's *version* is `(_ipai_lsn, _ipai_seq)` for change-data-capture streams, else the stream's
-  cursor, then `_ipai_extracted_at` (a later read of an equal cursor is the fresher copy), nulls lowest;
+- a row's *version* is `(_ipai_lsn, _ipai_seq)` for change-data-capture streams, else when it was read
+  (`_ipai_extracted_at`: a later read shows the source's later state) then the stream's cursor (which
+  orders a key's copies within one read), nulls lowest;
 - the greatest version per key wins, ties broken by a hash of the row's data (`_ipai_row_hash`, kept in
   silver), so the winner depends neither on arrival order nor on how often a row arrives; a row replaces
   the stored one only if strictly greater, so a replay changes nothing, system columns included;
@@ -83,10 +84,11 @@ def version_columns(names: Sequence[str], cursor: str | None, key: Sequence[str]
     """The columns whose values order a key's versions, most significant first (a cursor that is part of
     the key, as a report's date is, orders nothing)."""
     if "_ipai_lsn" in names:
-        head = ["_ipai_lsn", "_ipai_seq"]
-    else:
-        head = [cursor] if cursor and cursor in names and cursor not in key else []
-    return head + [c for c in ("_ipai_extracted_at", "_ipai_row_hash") if c in names]
+        return ["_ipai_lsn", "_ipai_seq"] + [c for c in ("_ipai_extracted_at", "_ipai_row_hash") if c in names]
+    # The read's time before the cursor: a later read shows the source's later state, while the cursor can go
+    # back for a key (a transaction that began first, and stamped its start, committed last).
+    tail = [cursor] if cursor and cursor in names and cursor not in key else []
+    return [c for c in ("_ipai_extracted_at",) if c in names] + tail + (["_ipai_row_hash"] if "_ipai_row_hash" in names else [])
 
 
 def merge_extractions(target: SilverTarget, merges: Sequence[Merge], *, run_id: str) -> SilverResult:

@@ -115,6 +115,8 @@ class PostgresSilverTable:
         # Gold views are owned by `ipai_gold` (the control plane's migrations make it): it reads silver.
         cur.execute("select exists (select from pg_roles where rolname = 'ipai_gold')")
         if cur.fetchone()[0]:
+            # Concurrent grants on one schema fail ("tuple concurrently updated"): the streams take turns.
+            cur.execute("select pg_advisory_xact_lock(hashtext('ipai schema setup'))")
             cur.execute(f"grant usage on schema {quote_ident(self.schema_name)} to ipai_gold")
             cur.execute(f"grant select on {self.name} to ipai_gold")
 
