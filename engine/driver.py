@@ -207,6 +207,7 @@ class _Run:
                 self._defer(self.deferred, t0)
             current = "building silver"
             self._build_silver()
+            self._apply_gold()
             self.timings["total_s"] = round(time.monotonic() - t0, 3)
             self._save_progress()
             control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings)
@@ -542,6 +543,28 @@ class _Run:
             self._beat()
         if self.streams:
             self.timings["silver_wait_s"] = round(time.monotonic() - t0, 3)
+
+    def _apply_gold(self) -> None:
+        """Keep the gold views in place (`layers` with gold): the shipped definitions are (re)applied to the
+        Postgres destination. A view that cannot be applied is a warning on the run, never its failure."""
+        if "gold" not in self.spec.layers or not self.spec.destinations.postgres.enabled:
+            return
+        from layers.gold import apply_gold
+
+        url = next((r.target.postgres_url for r in self.streams.values() if r.target.postgres_url), None)
+        if url is None:
+            return
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                result = apply_gold(conn)
+        except (IpaiError, psycopg.Error) as exc:
+            self.log("warning", "gold.failed", f"gold views not applied: {self.redact(str(exc))}")
+            return
+        self.log("info", "gold.applied", f"{len(result.applied)} gold views current"
+                 + (f"; {len(result.skipped)} wait for their silver tables" if result.skipped else ""),
+                 applied=list(result.applied), skipped=[str(s) for s in result.skipped])
+        for failure in result.failed:
+            self.log("warning", "gold.failed", f"gold view {failure.view} not applied: {failure}", view=failure.view)
 
     def _silver_done(self, ref: Any, run: _StreamRun, pending: list[Merge]) -> None:
         name, table = run.stream.name, run.silver.table if run.silver else ""

@@ -533,3 +533,18 @@ def test_analyst_reads_gold_and_nothing_of_the_control_plane(lake, applied, tmp_
             " then has_sequence_privilege('analyst', c.oid, 'SELECT, USAGE') else has_table_privilege('analyst',"
             " c.oid, 'SELECT') or has_any_column_privilege('analyst', c.oid, 'SELECT') end").fetchall()
         assert readable == []
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_run_with_the_gold_layer_leaves_its_views_current(settings: Settings, database: Database) -> None:
+    text = "layers: [bronze, silver, gold]\n" + SAMPLE.format(today=20).lstrip("\n")
+    result = run_sync(parse_spec(text), text, db=database, settings=settings)
+    assert result.status == "succeeded"
+    spec = parse_spec(text)
+    with database.connect() as conn:
+        orders = conn.execute("select count(*) from gold.gold_sales_orders").fetchone()
+        logged = conn.execute("select message, fields from connector_run_logs where run_id = %s and event = 'gold.applied'",
+                              (result.run_id,)).fetchone()
+    assert orders == (source_rows(spec, "orders").num_rows,)
+    assert logged is not None and "gold_sales_orders" in logged[1]["applied"]
+    assert any("github_pull_requests" in s for s in logged[1]["skipped"]), "views over absent silver wait for it"
