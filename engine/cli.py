@@ -696,6 +696,8 @@ from engine.cli_lakehouse import lakehouse_app  # noqa: E402  (it reuses this mo
 app.add_typer(lakehouse_app, name="lakehouse")
 from engine.cli_gold import gold_app  # noqa: E402  (it reuses this module's helpers)
 app.add_typer(gold_app, name="gold")
+from engine.cli_silver import silver_app  # noqa: E402  (it reuses this module's helpers)
+app.add_typer(silver_app, name="silver")
 
 if __name__ == "__main__":
     main()

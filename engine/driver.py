@@ -35,6 +35,7 @@ from engine.spec import ConnectorSpec, SecretRef, redact_url, selected_streams
 from layers.bronze import Ack, BronzeTarget, BronzeWriter
 from layers.delta import table_uri
 from layers.silver import Merge, SilverResult, SilverTarget
+from layers.silver_delta import DeltaSilverTable
 
 HEARTBEAT_S = 1.0
 WRITES_IN_FLIGHT = 2  # per writer: one committing, one queued behind it
@@ -344,6 +345,12 @@ class _Run:
         table = f"{self.spec.name}_{stream.name}"
         lakehouse = self.spec.destinations.lakehouse.uri or self.settings.lakehouse_uri
         delta = bronze.delta_uri is not None
+        partition_by = self.spec.silver_options(stream.name).partition_by
+        if delta:
+            problem = DeltaSilverTable(table_uri(lakehouse, "silver", table), key, partition_by).layout_problem()
+            if problem:
+                raise ConfigError(f"stream {stream.name}: {problem}; run `ipai silver rebuild {self.spec.name} "
+                                  f"--stream {stream.name}` to lay it out again from bronze (bronze and cursors stay)")
         return SilverTarget(
             table=table, key=key, cursor=stream.cursor_field, bronze_table=bronze.table,
             delta_uri=table_uri(lakehouse, "silver", table) if delta else None,
@@ -351,7 +358,7 @@ class _Run:
             quarantine_delta_uri=table_uri(lakehouse, "bronze", f"quarantine_{table}") if delta else None,
             postgres_url=bronze.postgres_url, postgres_schema=self.spec.destinations.postgres.silver_schema,
             bronze_postgres_schema=bronze.postgres_schema,
-            partition_by=self.spec.silver_options(stream.name).partition_by,
+            partition_by=partition_by,
             flatten=tuple((f.column, f.path, f.type) for f in self.spec.silver_options(stream.name).flatten),
         )
 

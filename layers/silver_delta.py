@@ -38,6 +38,15 @@ class DeltaSilverTable:
         except TableNotFoundError:
             return None
 
+    def layout_problem(self, table: DeltaTable | None = None) -> str | None:
+        """Why the table's partition columns are not the ones asked for (None when they are, or it is new)."""
+        table = table or self._table()
+        laid_out = [] if table is None else list(table.metadata().partition_columns)
+        if table is None or laid_out == list(self.partition_by):
+            return None
+        return (f"silver table {self.uri} is partitioned by {laid_out or 'nothing'}, but the stream's "
+                f"silver.partition_by says {list(self.partition_by) or 'nothing'}")
+
     def schema(self) -> pa.Schema | None:
         table = self._table()
         return None if table is None else pa.schema(table.schema().to_arrow())
@@ -52,6 +61,9 @@ class DeltaSilverTable:
                 write_deltalake(self.uri, rows.select(stored).sort_by(order), mode="append",
                                 partition_by=list(self.partition_by) or None)
             return
+        problem = self.layout_problem()
+        if problem:
+            raise ValueError(f"{problem}: run `ipai silver rebuild INSTANCE --stream STREAM` to lay it out again")
         if truncated_below is not None:
             table.update(updates={"_ipai_deleted": "true"}, predicate=f"_ipai_lsn < {int(truncated_below)}")
         self._evolve(table, rows, widen)

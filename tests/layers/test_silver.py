@@ -296,3 +296,30 @@ def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a
     assert pg_rows(database.url, "inc_orders", columns) == source
     inc = DeltaTable(f"{settings.lakehouse_uri}/silver/inc_orders").to_pyarrow_table()
     assert data_rows(inc, columns) == [tuple(r) for r in source]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_new_partition_layout_is_refused_until_silver_is_rebuilt_from_bronze(settings, database):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+    from engine.errors import RunFailed
+
+    assert shop_sync(settings, database, today=20).status == "succeeded"
+    text = SHOP.format(today=20, layers="bronze, silver", name="shop") + (
+        "streams:\n  - {name: customers, silver: {partition_by: [country]}}\n  - {name: orders}\n")
+    with pytest.raises(RunFailed) as refused:
+        run_sync(parse_spec(text), text, db=database, settings=settings)
+    assert "partitioned by nothing" in str(refused.value) and "ipai silver rebuild" in str(refused.value)
+    env = {"IPAI_DATABASE_URL": database.url, "IPAI_LAKEHOUSE_URI": settings.lakehouse_uri,
+           "IPAI_HOME": str(settings.home)}
+    rebuilt = CliRunner().invoke(app, ["silver", "rebuild", "shop", "--stream", "customers", "--yes"], env=env)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "customers: silver shop_customers dropped" in rebuilt.output
+    assert run_sync(parse_spec(text), text, db=database, settings=settings).status == "succeeded"
+    table = DeltaTable(f"{settings.lakehouse_uri}/silver/shop_customers")
+    assert table.metadata().partition_columns == ["country"]
+    truth = source_rows(parse_spec(text), "customers")
+    columns = truth.column_names
+    assert data_rows(table.to_pyarrow_table(), columns) == data_rows(truth, columns)
+    assert pg_rows(database.url, "shop_customers", columns) == data_rows(truth, columns)
