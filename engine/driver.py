@@ -475,6 +475,16 @@ class _Run:
             keys = ", ".join(p.key for p, _, _ in batch[:3])
             raise RunFailed(f"stream {run.stream.name}: writing {run.target.table} failed for partitions {keys}"
                             f"{' ...' if len(batch) > 3 else ''}: {_describe(exc)}", run_id=self.run_id) from None
+        quarantined = sum(a.quarantined for a in acks)
+        if quarantined:
+            reasons: dict[str, int] = {}
+            for a in acks:
+                for reason, n in a.reasons.items():
+                    reasons[reason] = reasons.get(reason, 0) + n
+            said = "; ".join(f"{n} x {r}" for r, n in reasons.items())
+            self.log("warning", "bronze.quarantined", f"{run.stream.name}: {quarantined} rows did not fit "
+                     f"{run.target.table}'s column types and were set aside in {run.target.quarantine_table}: "
+                     f"{self.redact(said)}", stream=run.stream.name, quarantined=quarantined, reasons=reasons)
         self._checkpoint(run, [(p, a.rows) for (p, _, _), a in zip(batch, acks, strict=True)])
 
     def _checkpoint(self, run: _StreamRun, committed: list[tuple[Partition, int]]) -> None:

@@ -1,5 +1,10 @@
 """Bronze tables in Postgres: ADBC bulk loads (COPY) that record each partition in a load ledger
-in the same transaction, so a replayed partition is recognised and skipped."""
+in the same transaction, so a replayed partition is recognised and skipped.
+
+A load fits the rows to the table: new columns are added, a narrower numeric column is widened in
+place, nested values are stored as JSON text. Which rows bronze takes at all is decided before, once
+for Delta and Postgres (`layers/bronze_drift.py`); the rows it sets aside are loaded into the quarantine
+table in the same transaction as the partition."""
 
 from __future__ import annotations
 
@@ -26,14 +31,15 @@ def quote_ident(name: str) -> str:
 
 
 class PostgresBronzeTable:
-    """Loads partitions into `<schema>.<table>`; owns one ADBC connection, opened on first use."""
+    """Loads partitions into `<schema>.<table>` (and rows bronze could not take into
+    `<schema>.<quarantine_table>`); owns one ADBC connection, opened on first use."""
 
-    def __init__(self, url: str, schema: str, table: str) -> None:
+    def __init__(self, url: str, schema: str, table: str, *, quarantine_table: str | None = None) -> None:
         self.url = url
         self.schema = schema
         self.table = table
+        self.quarantine_table = quarantine_table
         self._conn: Any = None
-        self._columns: set[str] | None = None
 
     def _connection(self) -> Any:
         if self._conn is not None:
@@ -72,73 +78,200 @@ class PostgresBronzeTable:
                 self._conn.close()
             finally:
                 self._conn = None
-                self._columns = None
 
-    def load(self, commit_ids: Sequence[str], tables: Sequence[pa.Table]) -> set[str]:
-        """Load the tables whose commit id is not yet in the ledger, in one transaction; return those loaded."""
+    def stored_schema(self) -> pa.Schema | None:
+        """Return the table's columns as Arrow types (those Postgres says exactly: not numeric, uuid or the
+        JSON text of nested columns' shape), or None if the table does not exist yet."""
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                columns = column_types(cur, self.schema, self.table)
+            conn.commit()
+        except BaseException:
+            self.close()
+            raise
+        if not columns:
+            return None
+        return pa.schema([pa.field(name, ARROW_OF[kind]) for name, kind in columns.items() if kind in ARROW_OF])
+
+    def load(self, commit_ids: Sequence[str], tables: Sequence[pa.Table], *,
+             quarantine: Sequence[pa.Table | None] | None = None) -> set[str]:
+        """Load the tables whose commit id is not yet in the ledger, in one transaction; return those loaded.
+
+        `quarantine[i]` (rows of partition i that bronze could not take) go to the quarantine table in
+        the same transaction, so a replayed partition adds neither. The ledger counts both.
+        """
+        held = list(quarantine) if quarantine is not None else [None] * len(tables)
         conn = self._connection()
         try:
             with conn.cursor() as cur:
                 fresh: list[int] = []
-                for i, (cid, t) in enumerate(zip(commit_ids, tables, strict=True)):
+                for i, (cid, t, q) in enumerate(zip(commit_ids, tables, held, strict=True)):
                     cur.execute(
                         f"insert into {quote_ident(self.schema)}.{LEDGER} (table_name, commit_id, rows)"
                         " values ($1, $2, $3) on conflict do nothing returning commit_id",
-                        (self.table, cid, t.num_rows),
+                        (self.table, cid, t.num_rows + (q.num_rows if q is not None else 0)),
                     )
                     if cur.fetchone() is not None:
                         fresh.append(i)
                 for i in fresh:
                     if tables[i].num_rows:
-                        data = _postgres_ready(tables[i])
-                        self._ensure_columns(cur, data.schema)
-                        cur.adbc_ingest(self.table, data, mode="create_append", db_schema_name=self.schema)
+                        ingest(cur, self.schema, self.table, tables[i], uuid_ids=True)
+                    q = held[i]
+                    if q is not None and q.num_rows:
+                        if self.quarantine_table is None:
+                            raise ValueError(f"{self.schema}.{self.table}: rows to quarantine, but no quarantine table")
+                        ingest(cur, self.schema, self.quarantine_table, q)
             conn.commit()
         except BaseException:
             self.close()  # a half-done transaction dies with its connection: nothing of it is visible
             raise
         return {commit_ids[i] for i in fresh}
 
-    def _ensure_columns(self, cur: Any, schema: pa.Schema) -> None:
-        """Add columns the table lacks (additive schema change); the first load creates the table."""
-        if self._columns is None:
-            cur.execute(
-                "select column_name from information_schema.columns where table_schema = $1 and table_name = $2",
-                (self.schema, self.table),
-            )
-            self._columns = {r[0] for r in cur.fetchall()}
-        if not self._columns:
-            # The first load creates the table; two runs creating it at once would collide.
-            cur.execute("select pg_advisory_xact_lock(hashtext($1))", (f"{self.schema}.{self.table}",))
-            self._columns = set(schema.names)
-            return
-        for field in schema:
-            if field.name not in self._columns:
-                cur.execute(
-                    f"alter table {quote_ident(self.schema)}.{quote_ident(self.table)}"
-                    f" add column if not exists {quote_ident(field.name)} {_pg_type(field.type)}"
-                )
-                self._columns.add(field.name)
+
+def column_types(cur: Any, schema: str, table: str) -> dict[str, str]:
+    """Return the columns of `schema.table` and their types (`udt_name`); empty if it does not exist."""
+    cur.execute("select column_name, udt_name from information_schema.columns"
+                " where table_schema = $1 and table_name = $2 order by ordinal_position", (schema, table))
+    return {name: kind for name, kind in cur.fetchall()}
 
 
-def _postgres_ready(table: pa.Table) -> pa.RecordBatchReader:
-    """Return `table` as COPY-sized batches: nested columns as JSON text (bronze keeps them whole, minimally
-    typed), the id system columns as uuid, other dictionary columns decoded one batch at a time."""
+def ingest(cur: Any, schema: str, table: str, data: pa.Table, *, uuid_ids: bool = False) -> None:
+    """COPY `data` into `schema.table` in the cursor's transaction, fitting it to the table first: columns
+    it lacks are added, a narrower numeric column is widened in place (integer -> bigint -> double
+    precision), nested values become JSON text, other values are cast to the column's type. The first
+    load creates the table (the id system columns as uuid where `uuid_ids`, else as text)."""
+    data = _nested_as_json(data)
+    columns = column_types(cur, schema, table)
+    if not columns:
+        # The first load creates the table; two runs creating it at once would collide.
+        cur.execute("select pg_advisory_xact_lock(hashtext($1))", (f"{schema}.{table}",))
+        columns = column_types(cur, schema, table)
+    types: dict[str, pa.DataType] = {}
+    for field in data.schema:
+        plain = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if uuid_ids and field.name in UUID_COLUMNS:
+            plain = pa.uuid()
+        kind = columns.get(field.name)
+        if kind is None and not columns:
+            types[field.name] = plain
+            continue
+        if kind is None:
+            added = _pg_type(plain)
+            cur.execute(f"alter table {quote_ident(schema)}.{quote_ident(table)}"
+                        f" add column if not exists {quote_ident(field.name)} {added}")
+            kind = _UDT_OF.get(added, "text")
+        types[field.name] = _fit_column(cur, f"{quote_ident(schema)}.{quote_ident(table)}", field.name, plain, kind)
+    cur.adbc_ingest(table, _batches(data, types, f"{schema}.{table}", columns),
+                    mode="create_append", db_schema_name=schema)
+
+
+def _fit_column(cur: Any, table: str, name: str, have: pa.DataType, kind: str) -> pa.DataType:
+    """Return the Arrow type to send `name` as so that COPY stores it in a `kind` column (COPY's binary
+    format is read as the column's type: a mismatch is refused or, worse, misread)."""
+    if kind == "uuid":
+        return pa.uuid()
+    if kind == "numeric" and pa.types.is_integer(have):
+        return pa.decimal128(38, 0)
+    if kind == "numeric":
+        return have  # decimals of any scale; anything else is refused when the batch is cast
+    want = ARROW_OF.get(kind)
+    if want is None:
+        return have  # a type bronze never creates (json, arrays ...): sent as it is, as ever
+    if _same_in_postgres(have, want):
+        return have
+    wider = _wider(kind, have)
+    if wider is not None:
+        cur.execute(f"alter table {table} alter column {quote_ident(name)} type {wider}")
+        return ARROW_OF[_UDT_OF[wider]]
+    return want
+
+
+ARROW_OF = {
+    "int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(), "float4": pa.float32(), "float8": pa.float64(),
+    "bool": pa.bool_(), "text": pa.string(), "varchar": pa.string(), "bytea": pa.binary(), "date": pa.date32(),
+    "timestamptz": pa.timestamp("us", tz="UTC"), "timestamp": pa.timestamp("us"),
+}
+"""Postgres column types (`udt_name`) as the Arrow types whose COPY encoding they read."""
+_UDT_OF = {"integer": "int4", "bigint": "int8", "double precision": "float8", "boolean": "bool", "numeric": "numeric",
+           "timestamptz": "timestamptz", "timestamp": "timestamp", "date": "date", "bytea": "bytea", "text": "text",
+           "uuid": "uuid"}
+"""`_pg_type`'s names (and `alter column ... type`'s) as `udt_name`."""
+_INT_BITS = {"int2": 16, "int4": 32, "int8": 64}
+
+
+def _same_in_postgres(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether values of type `have` are sent as they are for a column read as `want`: the driver encodes
+    every string and binary width, and timestamps of any unit, itself."""
+    if have.equals(want):
+        return True
+    for kind in (_is_string, _is_binary):
+        if kind(have) and kind(want):
+            return True
+    return (pa.types.is_timestamp(have) and pa.types.is_timestamp(want)
+            and (have.tz is None) == (want.tz is None))
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
+def _wider(kind: str, have: pa.DataType) -> str | None:
+    """The Postgres type a `kind` column is widened to for values of type `have`, or None (no widening)."""
+    numeric = pa.types.is_integer(have) or pa.types.is_floating(have)
+    if not numeric or kind not in (*_INT_BITS, "float4", "float8"):
+        return None
+    if pa.types.is_floating(have) or kind == "float4":
+        return None if kind == "float8" else "double precision"
+    bits = have.bit_width * (2 if pa.types.is_unsigned_integer(have) else 1)
+    if bits <= _INT_BITS[kind]:
+        return None
+    return "bigint" if bits > 32 else "integer"
+
+
+def _nested_as_json(table: pa.Table) -> pa.Table:
+    """Return `table` with nested columns as JSON text: bronze keeps them whole, minimally typed."""
     for i, field in enumerate(table.schema):
         if pa.types.is_nested(field.type):
             text = pa.array([None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()],
                             pa.string())
             table = table.set_column(i, pa.field(field.name, pa.string()), text)
-    schema = pa.schema([
-        f.with_type(pa.uuid()) if f.name in UUID_COLUMNS
-        else f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
-        for f in table.schema
-    ])
+    return table
+
+
+def _postgres_ready(table: pa.Table) -> pa.RecordBatchReader:
+    """Return `table` as COPY-sized batches for a table made from it: nested columns as JSON text, the id
+    system columns as uuid, dictionary columns decoded one batch at a time (silver's staging loads)."""
+    table = _nested_as_json(table)
+    types = {f.name: pa.uuid() if f.name in UUID_COLUMNS
+             else f.type.value_type if pa.types.is_dictionary(f.type) else f.type for f in table.schema}
+    return _batches(table, types, "the staging table", {})
+
+
+def _batches(table: pa.Table, types: dict[str, pa.DataType], where: str,
+             columns: dict[str, str]) -> pa.RecordBatchReader:
+    """Return `table` as COPY-sized batches of `types`: dictionary columns decoded, text uuids as uuids,
+    one batch at a time."""
+    schema = pa.schema([f.with_type(types[f.name]) for f in table.schema])
 
     def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
-        columns = [_as_uuid(c) if f.name in UUID_COLUMNS else c.cast(f.type)
-                   for c, f in zip(batch.columns, schema, strict=True)]
-        return pa.RecordBatch.from_arrays(columns, schema=schema)
+        out = []
+        for column, field in zip(batch.columns, schema, strict=True):
+            if isinstance(field.type, pa.UuidType):
+                out.append(_as_uuid(column))
+                continue
+            try:
+                out.append(column.cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise ValueError(
+                    f"column {field.name}: {column.type} values cannot be stored in {where}'s"
+                    f" {columns.get(field.name, field.type)} column ({exc}); change the column's type"
+                    " (alter table ... alter column ... type ...) or the source's") from None
+        return pa.RecordBatch.from_arrays(out, schema=schema)
 
     batches = (convert(b) for b in table.to_batches(max_chunksize=COPY_BATCH_ROWS))
     return pa.RecordBatchReader.from_batches(schema, batches)

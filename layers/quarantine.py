@@ -13,6 +13,7 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from layers.evolve import Quarantined
+from layers.postgres import ingest
 from layers.silver_postgres import ensure_schema
 
 if TYPE_CHECKING:
@@ -33,6 +34,6 @@ def write_quarantine(target: SilverTarget, quarantined: Quarantined, *, run_id: 
     if target.postgres_url:
         with adbc.connect(target.postgres_url) as conn, conn.cursor() as cur:
             ensure_schema(cur, target.bronze_postgres_schema)
-            cur.adbc_ingest(quarantine_table(target), rows, mode="create_append",
-                            db_schema_name=target.bronze_postgres_schema)
+            # Bronze may have made the table first (its rows have no key columns): `ingest` adds what is missing.
+            ingest(cur, target.bronze_postgres_schema, quarantine_table(target), rows)
             conn.commit()

@@ -323,3 +323,31 @@ def test_a_new_partition_layout_is_refused_until_silver_is_rebuilt_from_bronze(s
     columns = truth.column_names
     assert data_rows(table.to_pyarrow_table(), columns) == data_rows(truth, columns)
     assert pg_rows(database.url, "shop_customers", columns) == data_rows(truth, columns)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_source_column_changing_type_mid_life_quarantines_only_the_rows_that_do_not_fit(settings, database):
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("create schema drift; create table drift.items (id bigint primary key, n bigint,"
+                     " updated_at timestamptz not null)")
+        conn.execute("insert into drift.items select g, g, %s from generate_series(1, 1500) g", (T0,))
+    text = (f"name: dr\nsource_type: database\nsync_mode: incremental\nlayers: [bronze, silver]\nsource:\n"
+            f"  url: {database.url}\n  partition_rows: 1000\n  tables:\n    - {{table: drift.items, cursor: updated_at}}\n")
+    assert run_sync(parse_spec(text), text, db=database, settings=settings).status == "succeeded"
+    with psycopg.connect(database.url, autocommit=True) as conn:  # the source's column becomes text
+        conn.execute("alter table drift.items alter column n type text")
+        conn.execute("update drift.items set n = 'n/a', updated_at = %s where id = 5", (T0 + timedelta(days=1),))
+        conn.execute("update drift.items set n = '70', updated_at = %s where id = 7", (T0 + timedelta(days=1),))
+    second = run_sync(parse_spec(text), text, db=database, settings=settings)
+    assert second.status == "succeeded"
+    with database.connect() as conn:
+        logged = conn.execute("select message from connector_run_logs where run_id = %s and event = 'bronze.quarantined'",
+                              (second.run_id,)).fetchone()
+        held = conn.execute("select _ipai_column, _ipai_value, _ipai_row::jsonb->>'id' from bronze.quarantine_dr_items"
+                            ).fetchall()
+    assert logged and "1 rows did not fit raw_dr_items" in logged[0] and "string does not fit int64" in logged[0]
+    assert held == [("n", "n/a", "5")]
+    rows = pg_rows(database.url, "dr_items", ["id", "n"])
+    assert rows[4] == (5, 5) and rows[6] == (7, 70) and len(rows) == 1500  # silver keeps what it had for id 5
+    delta = DeltaTable(f"{settings.lakehouse_uri}/silver/dr_items").to_pyarrow_table()
+    assert data_rows(delta, ["id", "n"]) == rows
