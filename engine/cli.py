@@ -249,7 +249,7 @@ def runs(
         for r in rows:
             out.print(json.dumps({k: r[k] for k in ("id", "instance_name", "env", "status", "started_at", "ended_at",
                                                     "rows_processed", "partitions_done", "partitions_total",
-                                                    "error")}, default=str), highlight=False, soft_wrap=True)
+                                                    "error", "metrics")}, default=str), highlight=False, soft_wrap=True)
         return
     if not rows:
         out.print("no runs yet: start one with `ipai submit SPEC --wait`")

@@ -84,14 +84,14 @@ def update_progress(
 def finish_run(
     conn: psycopg.Connection[Any], run_id: str, *, status: str, error: str | None = None,
     error_details: dict[str, Any] | None = None, timings: dict[str, float] | None = None,
-    deferred_until: float | None = None,
+    deferred_until: float | None = None, metrics: dict[str, Any] | None = None,
 ) -> None:
     """Close a running run; raise LeaseLost if another process already closed it (its lease expired)."""
     cur = conn.execute(
         "update connector_runs set status = %s, ended_at = now(), error = %s, error_details = %s,"
-        " timings = %s, deferred_until = to_timestamp(%s) where id = %s and status = 'running'",
+        " timings = %s, deferred_until = to_timestamp(%s), metrics = %s where id = %s and status = 'running'",
         (status, error, json.dumps(error_details) if error_details else None, json.dumps(timings or {}),
-         deferred_until, run_id),
+         deferred_until, json.dumps(metrics or {}), run_id),
     )
     if cur.rowcount == 0:
         raise LeaseLost(_lease_lost(conn, run_id))

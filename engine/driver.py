@@ -173,6 +173,7 @@ class _Run:
         self.reads: dict[Any, tuple[_StreamRun, Partition, Any]] = {}  # rows ref -> (stream, partition, table ref)
         self.writes: dict[Any, tuple[_StreamRun, list[tuple[Partition, Any, int]]]] = {}
         self.silver_jobs: dict[Any, tuple[_StreamRun, list[Merge]]] = {}  # silver merge ref -> (stream, extractions)
+        self.metrics: dict[str, dict[str, int]] = {}  # stream -> counters kept on the run row (connector_runs.metrics)
         self.timings: dict[str, float] = {}
         self.last_beat = 0.0
         tenant = conn.execute("select tenant_id from connector_runs where id = %s", (run_id,)).fetchone()
@@ -211,7 +212,8 @@ class _Run:
             self._apply_gold()
             self.timings["total_s"] = round(time.monotonic() - t0, 3)
             self._save_progress()
-            control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings)
+            control.finish_run(self.conn, self.run_id, status="succeeded", timings=self.timings,
+                               metrics=self.metrics)
             self.log("info", "run.succeeded", f"{self.progress.rows} rows in {self.timings['total_s']} s",
                      rows=self.progress.rows, rows_by_stream=self.progress.rows_by_stream)
             return self._result("succeeded", t0)
@@ -262,6 +264,7 @@ class _Run:
         self.timings["total_s"] = round(time.monotonic() - t0, 3)
         self._save_progress()
         control.finish_run(self.conn, self.run_id, status="deferred", error=msg, timings=self.timings,
+                           metrics=self.metrics,
                            deferred_until=exc.until)
         self.log("warning", "run.deferred", msg, until=exc.until)
         raise RunDeferred(f"run {self.run_id} {msg}; run it again after that time to resume",
@@ -481,6 +484,7 @@ class _Run:
             for a in acks:
                 for reason, n in a.reasons.items():
                     reasons[reason] = reasons.get(reason, 0) + n
+            self._count(run.stream.name, bronze_quarantined=quarantined)
             said = "; ".join(f"{n} x {r}" for r, n in reasons.items())
             self.log("warning", "bronze.quarantined", f"{run.stream.name}: {quarantined} rows did not fit "
                      f"{run.target.table}'s column types and were set aside in {run.target.quarantine_table}: "
@@ -561,6 +565,11 @@ class _Run:
         if self.streams:
             self.timings["silver_wait_s"] = round(time.monotonic() - t0, 3)
 
+    def _count(self, stream: str, **counts: int) -> None:
+        kept = self.metrics.setdefault(stream, {})
+        for name, n in counts.items():
+            kept[name] = kept.get(name, 0) + n
+
     def _apply_gold(self) -> None:
         """Keep the gold views in place (`layers` with gold): the shipped definitions are (re)applied to the
         Postgres destination. A view that cannot be applied is a warning on the run, never its failure."""
@@ -592,6 +601,8 @@ class _Run:
                             "bronze and the cursor are kept, and the next run merges again",
                             run_id=self.run_id) from None
         state.mark_merged(self.conn, pending)
+        self._count(name, silver_rows=result.rows_merged, silver_deleted=result.missing_deleted,
+                    silver_quarantined=result.quarantined)
         self.log("info", "silver.merged", f"{name}: {result.rows_merged} rows merged into silver {table} "
                  f"({result.rows_in} read from bronze) in {result.seconds} s"
                  + (f"; {result.missing_deleted} keys the source no longer has marked deleted"
@@ -645,7 +656,8 @@ class _Run:
         self._cancel_reads()
         try:
             self._save_progress()
-            control.finish_run(self.conn, self.run_id, status=status, error=message, timings=self.timings)
+            control.finish_run(self.conn, self.run_id, status=status, error=message, timings=self.timings,
+                               metrics=self.metrics)
             self.log("error" if status == "failed" else "warning", f"run.{status}", message)
         except LeaseLost:
             pass  # another process closed the run after our heartbeat lapsed; its verdict stands

@@ -236,6 +236,9 @@ def test_a_full_sync_soft_deletes_the_keys_the_source_no_longer_has(settings, da
         said = conn.execute("select message from connector_run_logs where run_id = %s and event = 'silver.merged'",
                             (second.run_id,)).fetchone()
     assert said and "50 keys the source no longer has marked deleted" in said[0]
+    with database.connect() as conn:
+        metrics = conn.execute("select metrics from connector_runs where id = %s", (second.run_id,)).fetchone()[0]
+    assert metrics == {"items": {"silver_rows": 2950, "silver_deleted": 50, "silver_quarantined": 0}}
 
 
 def test_declared_nested_fields_get_columns_and_a_value_that_does_not_parse_is_set_aside(tmp_path, database):
@@ -347,6 +350,9 @@ def test_a_source_column_changing_type_mid_life_quarantines_only_the_rows_that_d
                             ).fetchall()
     assert logged and "1 rows did not fit raw_dr_items" in logged[0] and "string does not fit int64" in logged[0]
     assert held == [("n", "n/a", "5")]
+    with database.connect() as conn:
+        metrics = conn.execute("select metrics from connector_runs where id = %s", (second.run_id,)).fetchone()[0]
+    assert metrics["items"]["bronze_quarantined"] == 1 and metrics["items"]["silver_rows"] == 1
     rows = pg_rows(database.url, "dr_items", ["id", "n"])
     assert rows[4] == (5, 5) and rows[6] == (7, 70) and len(rows) == 1500  # silver keeps what it had for id 5
     delta = DeltaTable(f"{settings.lakehouse_uri}/silver/dr_items").to_pyarrow_table()
