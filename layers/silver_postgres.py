@@ -9,6 +9,7 @@ from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from layers.postgres import _pg_type, _postgres_ready, quote_ident
 from layers.silver_sql import assignments, newer_sql
@@ -140,13 +141,22 @@ class PostgresSilverTable:
 
     def _merge(self, cur: Any, rows: pa.Table, stored: list[str], versions: Sequence[str]) -> None:
         on = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in self.key)
+        params: tuple[Any, ...] = ()
+        first = rows.column(self.key[0])
+        if pa.types.is_integer(first.type) or pa.types.is_string(first.type):
+            # The range of the chunk's first key column lets the planner read only that part of the primary
+            # key's index (new and recent keys cluster), instead of hashing the whole table.
+            bounds = pc.min_max(first)
+            params = (bounds["min"].as_py(), bounds["max"].as_py())
+            on += f" AND t.{quote_ident(self.key[0])} BETWEEN $1 AND $2"
+        cur.execute(f"analyze pg_temp.{STAGE}")
         sets = ", ".join(f"{c} = {e}" for c, e in assignments(stored, self.key, rows.column_names,
                                                                quote=quote_ident).items())
         names = ", ".join(quote_ident(c) for c in stored)
         values = ", ".join(f"s.{quote_ident(c)}" for c in stored)
         matched = f"WHEN MATCHED AND {newer_sql(versions, 's', 't', quote_ident)} THEN UPDATE SET {sets} " if sets else ""
         cur.execute(f"MERGE INTO {self.name} AS t USING pg_temp.{STAGE} AS s ON {on} "
-                    f"{matched}WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})")
+                    f"{matched}WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})", params or None)
 
 
 def ensure_schema(cur: Any, schema: str) -> None:
