@@ -27,3 +27,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_bronze.py --rows-list 1000000,5000000 --warm-ray
 	$(BIN)/python benchmarks/bench_http.py --warm-ray
 	$(BIN)/python benchmarks/bench_sql.py --warm-ray
+	$(BIN)/python benchmarks/bench_silver.py
