@@ -69,7 +69,7 @@ def parse_spec(text: str, *, filename: str = "<spec>") -> ConnectorSpec:
 
     model = CONNECTORS[source_type].spec_model
     try:
-        return model.model_validate(_plain(data))
+        return model.model_validate(plain_yaml(data))
     except ValidationError as exc:
         issues = sorted((_issue(filename, data, err) for err in exc.errors(include_url=False)),
                         key=lambda i: (i.line, i.column))
@@ -92,11 +92,12 @@ def spec_json_schema_text() -> str:
     return json.dumps(spec_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
-def _plain(node: Any) -> Any:
+def plain_yaml(node: Any) -> Any:
+    """Return ruamel's round-trip nodes as plain dicts and lists (what pydantic validates)."""
     if isinstance(node, CommentedMap):
-        return {str(k): _plain(v) for k, v in node.items()}
+        return {str(k): plain_yaml(v) for k, v in node.items()}
     if isinstance(node, CommentedSeq):
-        return [_plain(v) for v in node]
+        return [plain_yaml(v) for v in node]
     return node
 
 

@@ -28,6 +28,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from engine.errors import ConfigError
+from engine.specload import plain_yaml
 
 GOLD_SCHEMA = "gold"
 SILVER_SCHEMA = "silver"
@@ -141,7 +142,7 @@ def _load_doc(name: str, path: Path) -> tuple[ViewDoc, dict[str, int]]:
         raise ViewFailed(GoldFailure(name, path, f"invalid YAML: {getattr(exc, 'problem', exc)}",
                                       mark.line + 1 if mark else None)) from None
     try:
-        doc = ViewDoc.model_validate(_plain(data))
+        doc = ViewDoc.model_validate(plain_yaml(data))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -155,14 +156,6 @@ def _load_doc(name: str, path: Path) -> tuple[ViewDoc, dict[str, int]]:
             raise ViewFailed(GoldFailure(name, path, f"column {col.name!r} is documented twice", line))
         lines[col.name] = line
     return doc, lines
-
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, CommentedMap):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, CommentedSeq):
-        return [_plain(v) for v in node]
-    return node
 
 
 def _line_of(data: Any, loc: Sequence[Any]) -> int | None:

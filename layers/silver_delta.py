@@ -16,7 +16,7 @@ from layers.silver_sql import assignments, newer_sql
 PARTITION_IN_LIMIT = 1000
 """Above this many partition values in one chunk, the merge is scoped by key statistics alone."""
 MAX_SPILL_BYTES = 2 << 30
-"""What a MERGE may spill to disk before failing, rather than holding the join in memory."""
+"""Bytes a MERGE may hold in memory before it spills the join to disk (delta-rs `max_spill_size`)."""
 
 
 def quote(name: str) -> str:
