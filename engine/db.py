@@ -18,6 +18,11 @@ from engine.spec import redact_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
 
+SOURCE_TYPES = ("database", "ga4", "github", "http", "odoo", "sample")
+"""The `source_type`s of `connectors.CONNECTORS`, which `migrate` records in `ipai_source_types`. Spelled out
+because importing the connectors (Ray, aiohttp, polars, ADBC) would cost every `ipai` command about a second;
+tests/controlplane/test_catalog.py checks that the two agree."""
+
 
 @dataclass
 class Database:
@@ -123,8 +128,6 @@ def migrate(conn: psycopg.Connection[Any], *, directory: Path = MIGRATIONS_DIR) 
             )
             applied.append(path.stem)
         if conn.execute("select to_regclass('ipai_source_types')").fetchone() != (None,):
-            from connectors import CONNECTORS
-
             conn.execute("insert into ipai_source_types (name) select unnest(%s::text[]) on conflict do nothing",
-                         (sorted(CONNECTORS),))
+                         (list(SOURCE_TYPES),))
     return applied

@@ -2,8 +2,9 @@
 
 No function in public, ipai, vault or auth is executable by PUBLIC unless it is meant to be (the auth
 claim readers); every SECURITY DEFINER function pins its search_path; every table in public and vault has
-row-level security on and grants anon nothing. Migrating again changes nothing. And on Supabase, where
-`auth.uid()` and the Vault already exist, the compatibility migrations shadow none of it.
+row-level security on and grants anon nothing. Migrating again changes nothing, and every connector is a
+source type the database accepts. And on Supabase, where `auth.uid()` and the Vault already exist, the
+compatibility migrations shadow none of it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from connectors import CONNECTORS
 from engine.db import Database, migrate
 
 FUNCTION_SCHEMAS = ("public", "ipai", "vault", "auth")
@@ -121,6 +123,12 @@ def test_migrating_again_changes_nothing(conn: psycopg.Connection[Any]) -> None:
     before = catalog_snapshot(conn)
     assert migrate(conn) == []
     assert catalog_snapshot(conn) == before
+
+
+def test_every_connector_is_a_source_type_the_database_knows(conn: psycopg.Connection[Any]) -> None:
+    """`migrate` records the source types from a list of its own (engine.db.SOURCE_TYPES); it must name each
+    connector, or `definition_upsert` refuses that connector's specs, and no other."""
+    assert {r[0] for r in conn.execute("select name from ipai_source_types")} == set(CONNECTORS)
 
 
 MARKERS = """
