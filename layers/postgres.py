@@ -279,9 +279,11 @@ def _batches(table: pa.Table, types: dict[str, pa.DataType], where: str,
 
 def _as_uuid(column: pa.Array) -> pa.Array:
     """Return text uuids as Arrow uuids (16 bytes a row in Postgres instead of 37)."""
-    values, indices = (column.dictionary, column.indices) if pa.types.is_dictionary(column.type) else (column, None)
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()  # a run's rows share a handful of ids: parse each once
+    values, indices = column.dictionary, column.indices
     raw = pa.array([None if v is None else uuid.UUID(v).bytes for v in values.to_pylist()], pa.binary(16))
-    return pa.ExtensionArray.from_storage(pa.uuid(), raw if indices is None else raw.take(indices))
+    return pa.ExtensionArray.from_storage(pa.uuid(), raw.take(indices))
 
 
 def _pg_type(t: pa.DataType) -> str:

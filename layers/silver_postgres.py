@@ -15,6 +15,7 @@ from layers.postgres import _pg_type, _postgres_ready, quote_ident
 from layers.silver_sql import assignments, newer_sql
 
 STAGE = "_ipai_silver_in"
+MERGE_WORK_MEM = "256MB"  # per hash table of one chunk's merge, freed at commit
 
 _ARROW_OF = {
     "bigint": pa.int64(), "integer": pa.int32(), "smallint": pa.int16(), "double precision": pa.float64(),
@@ -69,6 +70,9 @@ class PostgresSilverTable:
             with conn.cursor() as cur:
                 ensure_schema(cur, self.schema_name)
                 cur.execute("select pg_advisory_xact_lock(hashtext($1))", (self.name,))
+                # The merge hash-joins the chunk against the table's key range: with the default 4 MB it spills
+                # into dozens of batches and lands updates out of key order (measured 20 s -> 12 s on 1M rows).
+                cur.execute(f"set local work_mem = '{MERGE_WORK_MEM}'")
                 cur.execute(f"drop table if exists pg_temp.{STAGE}")
                 cur.adbc_ingest(STAGE, _postgres_ready(rows), mode="create", temporary=True)
                 columns = self._columns(cur)
