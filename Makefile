@@ -20,6 +20,7 @@ demo: setup
 
 test: setup
 	$(BIN)/mypy
+	$(BIN)/mypy mcp/server.py  # a plain folder (never the mcp package): checked as a file
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -698,6 +698,9 @@ from engine.cli_gold import gold_app  # noqa: E402  (it reuses this module's hel
 app.add_typer(gold_app, name="gold")
 from engine.cli_silver import silver_app  # noqa: E402  (it reuses this module's helpers)
 app.add_typer(silver_app, name="silver")
+from engine.cli_mcp import mcp_command, token_app  # noqa: E402  (it reuses this module's helpers)
+app.command("mcp")(mcp_command)
+app.add_typer(token_app, name="token")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,260 @@
+"""The MCP server for agents (FR-034..038, US-004): the platform's connectors as MCP tools.
+
+Run it with `ipai mcp` (stdio, for a local agent; acts for the settings' tenant, as the CLI does) or
+`ipai mcp --http` (streamable HTTP; every request carries `Authorization: Bearer <token>` from
+`ipai token create`, and acts for that token's tenant only). Every tool answers one JSON object:
+
+    {"ok": true, ...}
+    {"ok": false, "error": {"code": "...", "message": "...", "details": {...}, "retryable": false}}
+
+so an agent can branch on `code` and `retryable` without parsing prose. Tools that read or queue runs
+call the control plane's RPC functions (supabase/migrations/*_rpc.sql), the same ones PostgREST serves:
+one set of rules for tenancy, one active run per instance, and answers for another tenant's instance
+identical to a missing one.
+
+This file lives in a plain folder, never a package named `mcp`: that name belongs to the library FastMCP
+imports. `ipai mcp` loads it by path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import psycopg
+from fastmcp import FastMCP
+from fastmcp.server.auth import AccessToken, TokenVerifier
+from fastmcp.server.dependencies import get_access_token
+from ruamel.yaml import YAML
+
+from engine import control, tokens
+from engine.config import Settings
+from engine.db import Database, migrate, open_database
+from engine.errors import ConfigError, DatabaseUnreachable, IpaiError, NotFound, RunConflict, SpecError
+from engine.secrets import list_secrets, secret_refs, vault_session
+from engine.spec import ConnectorSpec, redact_url
+from engine.specload import parse_spec
+
+log = logging.getLogger("ipai.mcp")
+
+INSTRUCTIONS = """\
+IPAI Data Connectors: sync SaaS APIs and databases into a Delta lakehouse and Postgres.
+Typical flow: connector_validate(spec) -> connector_create(spec) -> connector_run(instance_id) -> poll
+connector_status(run_id) until status is succeeded/failed/deferred -> connector_logs(run_id).
+Every answer has "ok"; on false, read error.code and error.retryable."""
+
+# Error codes an agent may see, and whether trying the same call again later can succeed.
+RETRYABLE = {"unavailable": True, "conflict": True, "internal": True}
+PRD_NAMES = {"connector_list": "connector:list", "connector_create": "connector:create",
+             "connector_run": "connector:run", "connector_status": "connector:status",
+             "connector_logs": "connector:logs"}
+"""The PRD's names: MCP tool names (SEP-986) and common LLM clients' function names allow no `:`."""
+
+
+def error(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message, "details": details or {},
+                                   "retryable": RETRYABLE.get(code, False)}}
+
+
+@dataclass
+class Platform:
+    """The control plane the tools act on: migrated once at start, a connection per call."""
+
+    settings: Settings
+    db: Database
+    local_tenant_id: str
+
+    @classmethod
+    def open(cls, settings: Settings) -> Platform:
+        db = open_database(settings)
+        with db.connect() as conn:
+            migrate(conn)
+            if settings.tenant == "local":
+                row = conn.execute("select id from ipai_tenants where name = 'local'").fetchone()
+            else:
+                row = conn.execute("select id from ipai_tenants where name = %s or id::text = %s",
+                                   (settings.tenant, settings.tenant)).fetchone()
+            if row is None:
+                raise ConfigError(f"no tenant {settings.tenant!r} (IPAI_TENANT); create it with "
+                                  f"`ipai tenant create {settings.tenant}` or unset IPAI_TENANT")
+        return cls(settings, db.with_session(vault_session(settings.home)), str(row[0]))
+
+    def connect(self, tenant_id: str) -> psycopg.Connection[Any]:
+        return self.db.with_session({"ipai.tenant_id": tenant_id}).connect()
+
+    def owner(self, token: str) -> tokens.TokenOwner | None:
+        with self.db.connect() as conn:
+            return tokens.verify_token(conn, token)
+
+
+class ControlPlaneTokens(TokenVerifier):
+    """Bearer tokens made by `ipai token create`: each one acts for its tenant."""
+
+    def __init__(self, platform: Platform) -> None:
+        super().__init__()
+        self.platform = platform
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        owner = await anyio.to_thread.run_sync(self.platform.owner, token)
+        if owner is None:
+            return None
+        return AccessToken(token=token, client_id=owner.name, scopes=[],
+                           claims={"tenant_id": owner.tenant_id, "tenant": owner.tenant})
+
+
+def build_server(platform: Platform, *, http: bool) -> FastMCP:
+    """The FastMCP server with every tool; over HTTP, only requests with a valid token get through."""
+    server: FastMCP = FastMCP("ipai", instructions=INSTRUCTIONS, auth=ControlPlaneTokens(platform) if http else None,
+                              mask_error_details=True)
+
+    def tenant() -> str:
+        if not http:
+            return platform.local_tenant_id
+        token = get_access_token()
+        if token is None or not token.claims.get("tenant_id"):
+            raise PermissionError("no valid bearer token")  # the auth middleware answers 401 before this
+        return str(token.claims["tenant_id"])
+
+    def answer(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return call()
+        except SpecError as exc:
+            return error("invalid_spec", str(exc), {"errors": _spec_errors(exc)})
+        except NotFound as exc:
+            return error("not_found", str(exc))
+        except RunConflict as exc:
+            return error("conflict", str(exc), {"active_run_id": getattr(exc, "active_run_id", None)})
+        except (DatabaseUnreachable, psycopg.OperationalError) as exc:
+            return error("unavailable", redact_url(str(exc).strip().splitlines()[0] if str(exc).strip()
+                                                   else "the control plane cannot be reached"))
+        except IpaiError as exc:
+            return error("invalid_argument", str(exc))
+        except Exception:
+            log.exception("tool failed")  # the server's stderr; never the agent's answer
+            return error("internal", "the server failed to answer; its log (stderr) has the details")
+
+    def rpc(sql: str, *params: Any) -> dict[str, Any]:
+        with platform.connect(tenant()) as conn:
+            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]  # fixed statements only
+        result: dict[str, Any] = json.loads(json.dumps(row[0] if row else {}, default=str))
+        if not result.get("ok", False):
+            failure = result.get("error") or {}
+            return error(failure.get("code", "internal"), failure.get("message", "no answer"),
+                         failure.get("details") or {})
+        return result
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def connector_list() -> dict[str, Any]:
+        """List this tenant's connector instances (PRD `connector:list`): id, name, env, source type, schedule,
+        next scheduled run and the latest run."""
+        return answer(lambda: rpc("select public.connector_list()"))
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def connector_validate(spec: str | dict[str, Any]) -> dict[str, Any]:
+        """Check a connector spec (YAML or JSON text, or an object) without storing it. On failure,
+        error.details.errors lists every problem with its path, line and column."""
+        def call() -> dict[str, Any]:
+            parsed = parse_spec(_spec_text(spec), filename="spec")
+            return {"ok": True, **_summary(parsed)}
+        return answer(call)
+
+    @server.tool
+    def connector_create(spec: str | dict[str, Any], env: str | None = None,
+                         schedule: str | None = None) -> dict[str, Any]:
+        """Create or update a connector instance from a spec (PRD `connector:create`): YAML or JSON text, or an
+        object; `env` and `schedule` override the spec's. The whole spec is validated first (every error with
+        its path); a new version is stored only when the text changed. Returns instance_id for connector_run."""
+        def call() -> dict[str, Any]:
+            text = _with_overrides(_spec_text(spec), env=env, schedule=schedule)
+            parsed = parse_spec(text, filename="spec")
+            with platform.connect(tenant()) as conn:
+                registered = control.register(conn, parsed, text)
+                stored = {s["name"] for s in list_secrets(conn)}
+            missing = sorted({ref.secret for _, ref in secret_refs(parsed)} - stored)
+            result = {"ok": True, "instance_id": registered.instance_id, "definition_id": registered.definition_id,
+                      "version": registered.version, **_summary(parsed)}
+            if missing:
+                result["warnings"] = [f"secret {name!r} is not in the Vault yet: runs will fail until it is set "
+                                      f"(`ipai secret set {name}` or the secret_set RPC)" for name in missing]
+            return result
+        return answer(call)
+
+    @server.tool
+    def connector_run(instance_id: str, env: str | None = None, full_refresh: bool = False) -> dict[str, Any]:
+        """Queue a sync of an instance (PRD `connector:run`; its id or name) and return run_id. If the instance
+        already has a run queued or running, that run is returned with created=false. Workers (`ipai worker`,
+        or the ones `ipai mcp` starts) run it; follow it with connector_status."""
+        return answer(lambda: rpc("select public.connector_run(%s, %s, %s)", instance_id, env, full_refresh))
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def connector_status(run_id: str | None = None, instance_id: str | None = None,
+                         env: str | None = None) -> dict[str, Any]:
+        """A run's status (PRD `connector:status`): by run_id, or the latest run of instance_id. status is one of
+        queued, running, succeeded, failed, deferred (a source quota is spent; see deferred_until), cancelled;
+        rows_processed and rows_by_stream count what landed."""
+        return answer(lambda: rpc("select public.connector_status(%s, %s, %s)", run_id, instance_id, env))
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def connector_logs(run_id: str, after: int = 0, limit: int = 200) -> dict[str, Any]:
+        """A run's structured logs (PRD `connector:logs`), oldest first: id, ts, level, event, message, fields.
+        Page with after=<next_after of the previous answer>; limit is at most 5000."""
+        return answer(lambda: rpc("select public.connector_logs(%s, %s, %s)", run_id, after, limit))
+
+    return server
+
+
+def _spec_text(spec: str | dict[str, Any]) -> str:
+    if isinstance(spec, dict):
+        out = io.StringIO()
+        YAML(typ="safe", pure=True).dump(spec, out)
+        return out.getvalue()
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError("spec: give the connector spec as YAML or JSON text, or an object", issues=[])
+    return spec
+
+
+def _with_overrides(text: str, *, env: str | None, schedule: str | None) -> str:
+    """The spec text with env/schedule replaced; comments and order kept (the stored text is reviewed)."""
+    if env is None and schedule is None:
+        return text
+    yaml = YAML(typ="rt")
+    data = yaml.load(text)
+    if not hasattr(data, "__setitem__"):
+        return text  # not a mapping: parse_spec reports it
+    if env is not None:
+        data["env"] = env
+    if schedule is not None:
+        data["schedule"] = schedule
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
+
+
+def _summary(spec: ConnectorSpec) -> dict[str, Any]:
+    # None: every stream the connector offers (listing them may need the source, e.g. a database's tables).
+    streams = [s.name for s in spec.streams] or None
+    return {"name": spec.name, "env": spec.env, "source_type": spec.source_type, "schedule": spec.schedule,
+            "sync_mode": spec.sync_mode, "layers": list(spec.layers), "streams": streams}
+
+
+def _spec_errors(exc: SpecError) -> list[dict[str, Any]]:
+    if not exc.issues:
+        return [{"path": "", "message": str(exc)}]
+    return [{"path": i.path, "line": i.line, "column": i.column, "message": i.message} for i in exc.issues]
+
+
+def serve(settings: Settings, *, http: bool, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve until the client closes stdio, or until interrupted over HTTP."""
+    platform = Platform.open(settings)
+    server = build_server(platform, http=http)
+    if http:
+        server.run(transport="http", host=host, port=port, path="/mcp", show_banner=False)
+    else:
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING)  # stdout carries the protocol
+        server.run(transport="stdio", show_banner=False)
