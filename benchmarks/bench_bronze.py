@@ -29,27 +29,24 @@ memory growing less than linearly with rows (needs two sizes or more).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
 
 from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
-    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, reap, verdict, wait_idle, write_results,
+    SAMPLE_S, Usage, add_child_arguments, add_database_url, add_wait_idle, admin_database, bench_parser,
+    child_command, child_env, delta_rows, describe_server, fastest, fresh_database, measure_note, print_and_write,
+    print_result, run_measured, sync_timed, wait_idle,
 )
 
 WARM = "engine, Ray up"
@@ -143,22 +140,10 @@ def run_floor(shape: Shape, db_url: str, lakehouse: Path) -> dict[str, Any]:
 def run_engine(shape: Shape, db_url: str, lakehouse: Path, home: Path, *, warm: bool = False) -> dict[str, Any]:
     """Run one full sync of the sample spec with the engine, on a local Ray it starts itself (before the
     clock starts when `warm`, as a long-lived Ray would be)."""
-    import ray
-
     from engine.config import Settings
-    from engine.db import Database
-    from engine.driver import run_sync
-    from engine.raytime import ensure_ray
-    from engine.specload import parse_spec
 
-    text = shape.spec_text()
     settings = Settings(home=home, database_url=db_url, lakehouse_uri=str(lakehouse), ray_address=None)
-    if warm:
-        ensure_ray(None)
-    t0 = time.perf_counter()
-    result = run_sync(parse_spec(text), text, db=Database(db_url), settings=settings)
-    seconds = time.perf_counter() - t0
-    ray.shutdown()
+    result, seconds = sync_timed(shape.spec_text(), db_url=db_url, settings=settings, warm=warm)
     return {"rows": result.rows, "seconds": seconds, "rows_by_stream": result.rows_by_stream}
 
 
@@ -169,7 +154,7 @@ def child_main(args: argparse.Namespace) -> None:
         out = run_floor(shape, args.db_url, work / "lakehouse")
     else:
         out = run_engine(shape, args.db_url, work / "lakehouse", work / "home", warm=args.child == WARM)
-    print("RESULT " + json.dumps(out), flush=True)
+    print_result(out)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -180,28 +165,9 @@ class Measured:
     run: str
     rows: int
     seconds: float
-    wall_seconds: float
-    peak_mib: float
-    measure: str
-    processes: int
-    outside_tree: list[str]
-    """Processes of the run's Ray session that were not descendants of the run's process."""
-    breakdown: list[tuple[str, float]]
     delta_rows: int
     postgres_rows: int
-    cpu_run: float
-    """CPU seconds used by the run's processes."""
-    cpu_postgres: float
-    """CPU seconds used by the PostgreSQL backends serving the run's database and the server's writers."""
-    cpu_other: float
-    """CPU seconds the rest of the machine used meanwhile: a busy machine makes the figures unreliable."""
-    cpu_sampler: float
-    """CPU seconds this benchmark's sampling used meanwhile."""
-    cpu_by_process: list[tuple[str, float]]
-
-    @property
-    def machine_busy(self) -> bool:
-        return self.cpu_other > 0.15 * self.wall_seconds * (os.cpu_count() or 1)
+    usage: Usage
 
     @property
     def rows_per_second(self) -> float:
@@ -210,57 +176,24 @@ class Measured:
 
 def measure(run: str, shape: Shape, admin_url: str) -> Measured:
     """Run one side in a subprocess against a fresh database and lakehouse; drop both afterwards."""
-    import psycopg
-
-    from engine.db import with_database
-
-    name = f"ipai_bench_{uuid.uuid4().hex[:10]}"
     work = Path(tempfile.mkdtemp(prefix=f"ipai-bench-{run.replace(', ', '-').replace(' ', '-')}-"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-        try:
-            conn.execute("checkpoint")  # the previous run's WAL is not flushed during this one
-        except psycopg.Error:
-            pass  # not a superuser: the runs may then share some checkpoint work
-    db_url = with_database(admin_url, name)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the engine starts its own local Ray
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", run, "--rows", str(shape.rows),
-           "--seed", str(shape.seed), "--partition-rows", str(shape.partition_rows),
-           "--commit-rows", str(shape.commit_rows), "--db-url", db_url, "--work", str(work)]
     try:
-        t0, cpu0, own0 = time.perf_counter(), busy_cpu(), sum(psutil.Process().cpu_times()[:2])
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        sampler = MemorySampler(proc.pid, database=name)
-        sampler.start()
-        out, err = proc.communicate()
-        sampler.stop()
-        wall, busy = time.perf_counter() - t0, busy_cpu() - cpu0
-        own = sum(psutil.Process().cpu_times()[:2]) - own0
-        reap(sampler)
-        line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            raise SystemExit(f"{run} run failed (exit {proc.returncode}):\n{err[-4000:]}")
-        result = json.loads(line[len("RESULT "):])
-        delta_rows, pg_rows = _count(work / "lakehouse", db_url)
+        with fresh_database(admin_url) as (name, db_url):
+            cmd = child_command(__file__, run, "--rows", str(shape.rows), "--seed", str(shape.seed),
+                                "--partition-rows", str(shape.partition_rows), "--commit-rows", str(shape.commit_rows),
+                                "--db-url", db_url, "--work", str(work))
+            result, usage = run_measured(run, cmd, env=child_env(), database=name)
+            delta, pg_rows = _count(work / "lakehouse", db_url)
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
         shutil.rmtree(work, ignore_errors=True)
-    cpu_run, cpu_pg = sum(sampler.cpu.values()), sum(sampler.postgres_cpu.values())
-    return Measured(run, result["rows"], result["seconds"], wall, sampler.peak_mib, sampler.measure,
-                    len(sampler.pids_seen), sorted(sampler.outside_names), sampler.peak_breakdown, delta_rows, pg_rows,
-                    cpu_run, cpu_pg, max(0.0, busy - cpu_run - cpu_pg - own), own, cpu_by_label(sampler))
+    return Measured(run, result["rows"], result["seconds"], delta, pg_rows, usage)
 
 
 def _count(lakehouse: Path, db_url: str) -> tuple[int, int]:
     """Return the rows in the run's bronze Delta tables and bronze Postgres tables (outside the timing)."""
     import psycopg
-    from deltalake import DeltaTable
 
-    delta = 0
-    for path in sorted(lakehouse.glob("**/_delta_log")):
-        actions = DeltaTable(str(path.parent)).get_add_actions(flatten=True)
-        delta += sum(v or 0 for v in actions.column("num_records").to_pylist())
+    delta = sum(delta_rows(path.parent) for path in sorted(lakehouse.glob("**/_delta_log")))
     pg = 0
     with psycopg.connect(db_url) as conn:
         tables = conn.execute("select table_schema, table_name from information_schema.tables"
@@ -279,8 +212,9 @@ def table(results: list[list[Measured]]) -> str:
     for floor, *others in results:
         for m in (floor, *others):
             speed = m.rows_per_second / floor.rows_per_second
-            lines.append(f"| {m.run} | {m.rows:,} | {m.seconds:.1f} | {m.rows_per_second:,.0f} | {m.peak_mib:,.0f}"
-                         f" | {speed:.2f} | {m.peak_mib / floor.peak_mib:.1f}x |")
+            peak = m.usage.peak_mib
+            lines.append(f"| {m.run} | {m.rows:,} | {m.seconds:.1f} | {m.rows_per_second:,.0f} | {peak:,.0f}"
+                         f" | {speed:.2f} | {peak / floor.usage.peak_mib:.1f}x |")
     return "\n".join(lines)
 
 
@@ -301,13 +235,13 @@ def verdicts(results: list[list[Measured]]) -> list[tuple[bool | None, str]]:
             out.append((ratio >= SPEED_TARGET, f"{w.rows:,} rows: engine with Ray up at {ratio:.0%}"
                         f" of the floor's rows/s (target >= {SPEED_TARGET:.0%})"))
         if engine.rows <= MEMORY_LIMIT_AT_ROWS * 1.01:
-            out.append((engine.peak_mib < MEMORY_LIMIT_MIB, f"{engine.rows:,} rows: engine peak memory "
-                        f"{engine.peak_mib:,.0f} MiB (target < {MEMORY_LIMIT_MIB:,} MiB up to 5M rows)"))
+            out.append((engine.usage.peak_mib < MEMORY_LIMIT_MIB, f"{engine.rows:,} rows: engine peak memory "
+                        f"{engine.usage.peak_mib:,.0f} MiB (target < {MEMORY_LIMIT_MIB:,} MiB up to 5M rows)"))
     engines = sorted((e for _, e, *_ in results), key=lambda m: m.rows)
     if len(engines) < 2:
         out.append((None, "memory growth with rows: not checked (give --rows-list with two sizes or more)"))
     for small, large in zip(engines, engines[1:]):
-        rows_x, mem_x = large.rows / small.rows, large.peak_mib / small.peak_mib
+        rows_x, mem_x = large.rows / small.rows, large.usage.peak_mib / small.usage.peak_mib
         out.append((mem_x < rows_x, f"memory growth {small.rows:,} -> {large.rows:,} rows: x{mem_x:.2f} for"
                     f" x{rows_x:.2f} the rows (target: less than linear)"))
     for group in results:
@@ -318,41 +252,27 @@ def verdicts(results: list[list[Measured]]) -> list[tuple[bool | None, str]]:
     return out
 
 
-def _print_detail(m: Measured, details: list[str]) -> None:
-    top = ", ".join(f"{n} {v:,.0f}" for n, v in m.breakdown[:6])
-    detail = (f"{m.run} {m.rows:,} rows: {m.seconds:.1f} s ({m.wall_seconds:.1f} s with process start),"
-              f" {m.rows_per_second:,.0f} rows/s, peak {m.peak_mib:,.0f} MiB over {m.processes}"
-              f" processes ({len(m.outside_tree)} found outside the process tree"
-              f"{': ' + ', '.join(m.outside_tree) if m.outside_tree else ''}); at peak (MiB): {top};"
-              f" CPU seconds: run {m.cpu_run:.1f}, postgres {m.cpu_postgres:.1f},"
-              f" the benchmark's sampling {m.cpu_sampler:.1f}, rest of the machine {m.cpu_other:.1f}; by process: "
-              + ", ".join(f"{n} {v:.1f}" for n, v in m.cpu_by_process[:8])
-              + (" -- WARNING: the machine was busy with other work; figures are unreliable"
-                 if m.machine_busy else ""))
-    details.append(detail)
-    print(detail, flush=True)
+def detail(m: Measured) -> str:
+    u = m.usage
+    return (f"{m.run} {m.rows:,} rows: {m.seconds:.1f} s ({u.wall_seconds:.1f} s with process start),"
+            f" {m.rows_per_second:,.0f} rows/s, {u.peak(outside_tree=True)}; {u.at_peak()}; {u.cpu_seconds()}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--rows", type=int, default=5_000_000, help="total rows over the three streams")
     parser.add_argument("--rows-list", help="several totals, comma-separated (overrides --rows)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--partition-rows", type=int, default=250_000, help="sample partition_rows (per task)")
     parser.add_argument("--commit-rows", type=int, default=1_000_000, help="tuning.commit_rows (per commit)")
-    parser.add_argument("--database-url", help="admin URL of the Postgres to use (default: IPAI_DATABASE_URL,"
-                        " else the local server, else an embedded one)")
+    add_database_url(parser)
     parser.add_argument("--only", choices=["floor", "engine"], help="run one side only (no ratio checks)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each side per size, alternating; the"
                         " fastest is reported, with the highest peak memory of all")
-    parser.add_argument("--wait-idle", type=float, default=60, help="seconds to wait, before each run, for"
-                        " the machine to be idle (other work makes the figures unreliable)")
+    add_wait_idle(parser)
     parser.add_argument("--warm-ray", action="store_true", help="also run the engine with Ray started before"
                         " its clock (a long-lived cluster); checked against the speed target too")
-    parser.add_argument("--child", choices=["floor", "engine", WARM], help=argparse.SUPPRESS)
-    parser.add_argument("--db-url", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
+    add_child_arguments(parser, ["floor", "engine", WARM])
     args = parser.parse_args()
     if args.child:
         child_main(args)
@@ -362,7 +282,7 @@ def main() -> None:
     admin, server = admin_database(args.database_url)
     from engine.spec import redact_url
 
-    print(f"postgres: {redact_url(admin)}{' (embedded)' if server else ''}; cpus: {os.cpu_count()};"
+    print(f"postgres: {describe_server(admin, server)}; cpus: {os.cpu_count()};"
           f" partition_rows {args.partition_rows:,}, commit_rows {args.commit_rows:,}; {args.repeat} run(s) of"
           " each side per size, the fastest kept", flush=True)
     results: list[list[Measured]] = []
@@ -376,39 +296,27 @@ def main() -> None:
             for run in runs:
                 if args.only and run != args.only:
                     continue
-                if not wait_idle(args.wait_idle):
-                    print(f"the machine is still busy after {args.wait_idle:.0f} s; running anyway", flush=True)
+                wait_idle(args.wait_idle)
                 m = measure(run, shape, admin)
-                measures.add(m.measure)
-                _print_detail(m, details)
-                if run in best:
-                    peak = max(m.peak_mib, best[run].peak_mib)
-                    m = m if m.seconds < best[run].seconds else best[run]
-                    m.peak_mib = peak
-                best[run] = m
+                measures.add(m.usage.measure)
+                details.append(detail(m))
+                print(details[-1], flush=True)
+                best[run] = fastest(best[run], m) if run in best else m
         group = [best[r] for r in runs if r in best]
         if len(group) >= 2:
             results.append(group)
     if not results:
         return
-    measure_note = ("PSS (proportional set size: shared pages split between the processes mapping them)"
-                    if measures == {"pss"} else "RSS (PSS unavailable here; shared pages counted once per process)")
-    report = table(results)
-    checks = verdicts(results)
-    print()
-    print(report)
-    print(f"\nmemory measure: {measure_note}; sampled every {SAMPLE_S} s over the run's whole process tree;"
-          " the PostgreSQL server is left out (shared by both runs)")
-    for ok, text in checks:
-        print(f"{verdict(ok)}  {text}")
-    path = write_results(
+    memory = measure_note(measures)
+    print_and_write(
         "bench_bronze",
-        f"Postgres: {redact_url(admin)}; {os.cpu_count()} CPUs; partition_rows {args.partition_rows:,};"
+        intro=f"Postgres: {redact_url(admin)}; {os.cpu_count()} CPUs; partition_rows {args.partition_rows:,};"
         f" commit_rows {args.commit_rows:,}; seed {args.seed}; {args.repeat} run(s) of each side per size, the"
-        " fastest kept.", report,
-        f"Memory measure: {measure_note}, sampled every {SAMPLE_S} s; PostgreSQL server processes left out.",
-        checks, details)
-    print(f"\nwritten to {path.relative_to(ROOT)}")
+        " fastest kept.", report=table(results),
+        note=f"Memory measure: {memory}, sampled every {SAMPLE_S} s; PostgreSQL server processes left out.",
+        printed_note=f"memory measure: {memory}; sampled every {SAMPLE_S} s over the run's whole process tree;"
+        " the PostgreSQL server is left out (shared by both runs)",
+        checks=verdicts(results), details=details)
     if server is not None:
         del server
 

@@ -28,11 +28,9 @@ written to `benchmarks/results/bench_http-<timestamp>.md`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +46,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
 
 from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
-    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, fresh_database, reap, verdict, wait_idle,
-    write_results,
+    SAMPLE_S, Usage, add_child_arguments, add_database_url, add_wait_idle, admin_database, bench_parser,
+    child_command, child_env, delta_rows, describe_server, dlt_steps, fresh_database, measure_note, print_and_write,
+    print_result, run_measured, sync_timed, wait_idle,
 )
 
 TOKEN = "bench-http-token"
@@ -124,14 +123,9 @@ def run_engine(url: str, share: Share, db_url: str, work: Path, *, pages_per_par
                paced: bool, warm: bool) -> dict[str, Any]:
     """Sync the `issues` stream of `share` with the engine, on a local Ray it starts itself (before the
     clock starts when `warm`)."""
-    import ray
-
     from engine.config import Settings
     from engine.db import Database
-    from engine.driver import run_sync
-    from engine.raytime import ensure_ray
     from engine.secrets import set_secret
-    from engine.specload import parse_spec
 
     text = SPEC_TEMPLATE.format(url=url, repos=", ".join(share.repos), per_page=PER_PAGE,
                                 pages_per_partition=pages_per_partition, concurrency=concurrency,
@@ -139,12 +133,7 @@ def run_engine(url: str, share: Share, db_url: str, work: Path, *, pages_per_par
     settings = Settings(home=work / "home", database_url=db_url, lakehouse_uri=str(work / "lakehouse"),
                         ray_address=None)
     set_secret(Database(db_url), settings.home, "github_token", TOKEN)
-    if warm:
-        ensure_ray(None)
-    t0 = time.perf_counter()
-    result = run_sync(parse_spec(text), text, db=Database(db_url), settings=settings)
-    seconds = time.perf_counter() - t0
-    ray.shutdown()
+    result, seconds = sync_timed(text, db_url=db_url, settings=settings, warm=warm)
     return {"rows": result.rows, "seconds": seconds, "partitions": result.partitions}
 
 
@@ -178,10 +167,7 @@ def run_peer(url: str, share: Share, db_url: str, work: Path) -> dict[str, Any]:
                             dataset_name=PEER_DATASET)
     pipeline.run(source)
     seconds = time.perf_counter() - t0
-    trace = pipeline.last_trace
-    steps = {s.step: round((s.finished_at - s.started_at).total_seconds(), 2) for s in trace.steps
-             if s.finished_at is not None} if trace else {}
-    return {"seconds": seconds, "steps": steps}
+    return {"seconds": seconds, "steps": dlt_steps(pipeline)}
 
 
 def _resource(repo: str) -> str:
@@ -205,7 +191,7 @@ def child_main(args: argparse.Namespace) -> None:
     else:
         out = run_engine(args.url, share, args.db_url, work, pages_per_partition=args.pages_per_partition,
                          concurrency=args.concurrency, paced=args.paced, warm=args.child == WARM)
-    print("RESULT " + json.dumps(out), flush=True)
+    print_result(out)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -222,22 +208,13 @@ class Measured:
     """Non-PR issues among them: what should land."""
     rows: int
     seconds: float
-    wall_seconds: float
     requests: int
-    peak_mib: float
-    measure: str
-    processes: int
-    breakdown: list[tuple[str, float]]
     delta_rows: int | None
     postgres_rows: int
-    cpu_run: float
-    cpu_emulator: float
-    cpu_postgres: float
-    cpu_other: float
-    cpu_sampler: float
-    cpu_by_process: list[tuple[str, float]]
     steps: dict[str, float]
     """The run's own timings: the engine's `connector_runs.timings`, dlt's trace steps."""
+    usage: Usage
+    """Its `cpu_outside` is the emulator's."""
 
     @property
     def rows_per_second(self) -> float:
@@ -246,10 +223,6 @@ class Measured:
     @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds
-
-    @property
-    def machine_busy(self) -> bool:
-        return self.cpu_other > 0.15 * self.wall_seconds * (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -270,58 +243,39 @@ def measure(run: str, share: Share, bench: Bench) -> Measured:
     """Run one side in a subprocess against a fresh database and work folder; drop both afterwards."""
     emulator = psutil.Process(bench.emulator.pid)
     work = Path(tempfile.mkdtemp(prefix=f"ipai-bench-http-{run.replace(', ', '-').replace(' ', '-')}-"))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the engine starts its own local Ray
-    env.update(IPAI_DEV_MODE="1",  # plain http to the loopback emulator
-               RUNTIME__DLTHUB_TELEMETRY="false")
+    env = child_env(IPAI_DEV_MODE="1",  # plain http to the loopback emulator
+                    RUNTIME__DLTHUB_TELEMETRY="false")
     try:
         with fresh_database(bench.admin_url, prefix="ipai_bench_http") as (name, db_url):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", run, "--url", bench.emulator.url,
-                   "--share-repos", ",".join(share.repos), "--db-url", db_url, "--work", str(work),
-                   "--pages-per-partition", str(bench.pages_per_partition), "--concurrency", str(bench.concurrency)]
+            cmd = child_command(__file__, run, "--url", bench.emulator.url, "--share-repos", ",".join(share.repos),
+                                "--db-url", db_url, "--work", str(work), "--pages-per-partition",
+                                str(bench.pages_per_partition), "--concurrency", str(bench.concurrency))
             if bench.paced:
                 cmd.append("--paced")
             if share.pages is not None:
                 cmd += ["--share-pages", str(share.pages)]
-            requests0, emu0 = bench.emulator.stats()["requests"], sum(emulator.cpu_times()[:2])
-            t0, cpu0, own0 = time.perf_counter(), busy_cpu(), sum(psutil.Process().cpu_times()[:2])
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            sampler = MemorySampler(proc.pid, database=name)
-            sampler.start()
-            out, err = proc.communicate()
-            sampler.stop()
-            wall, busy = time.perf_counter() - t0, busy_cpu() - cpu0
-            own = sum(psutil.Process().cpu_times()[:2]) - own0
-            cpu_emulator = sum(emulator.cpu_times()[:2]) - emu0
+            requests0 = bench.emulator.stats()["requests"]
+            result, usage = run_measured(run, cmd, env=env, database=name, outside=emulator)
             requests = bench.emulator.stats()["requests"] - requests0
-            reap(sampler)
-            line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                raise SystemExit(f"{run} run failed (exit {proc.returncode}):\n{err[-4000:]}")
-            result = json.loads(line[len("RESULT "):])
-            delta_rows, pg_rows, steps = _count(run, work, db_url)
+            delta, pg_rows, steps = _count(run, work, db_url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    cpu_run, cpu_pg = sum(sampler.cpu.values()), sum(sampler.postgres_cpu.values())
     return Measured(
         run, bench.latency_ms, share.describe(bench.per_repo), share.issues(bench.per_repo),
-        share.expected_rows(bench.truth), result.get("rows", pg_rows), result["seconds"], wall, requests,
-        sampler.peak_mib, sampler.measure, len(sampler.pids_seen), sampler.peak_breakdown, delta_rows, pg_rows,
-        cpu_run, cpu_emulator, cpu_pg, max(0.0, busy - cpu_run - cpu_pg - cpu_emulator - own), own,
-        cpu_by_label(sampler), {**result.get("steps", {}), **steps},
+        share.expected_rows(bench.truth), result.get("rows", pg_rows), result["seconds"], requests, delta, pg_rows,
+        {**result.get("steps", {}), **steps}, usage,
     )
 
 
 def _count(run: str, work: Path, db_url: str) -> tuple[int | None, int, dict[str, float]]:
     """Return the rows in Delta (engine only) and in Postgres, and the engine run's stored timings."""
     import psycopg
-    from deltalake import DeltaTable
 
     if run == PEER:
         with psycopg.connect(db_url) as conn:
             row = conn.execute(f'select count(*) from "{PEER_DATASET}"."issues"').fetchone()
         return None, row[0] if row else 0, {}
-    actions = DeltaTable(str(work / "lakehouse" / "bronze" / ENGINE_TABLE)).get_add_actions(flatten=True)
-    delta = sum(v or 0 for v in actions.column("num_records").to_pylist())
+    delta = delta_rows(work / "lakehouse" / "bronze" / ENGINE_TABLE)
     with psycopg.connect(db_url) as conn:
         row = conn.execute(f'select count(*) from bronze."{ENGINE_TABLE}"').fetchone()
         timings = conn.execute("select timings from connector_runs order by started_at desc limit 1").fetchone()
@@ -352,10 +306,10 @@ def table(group: list[Measured]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in group:
         ratio = f"{m.rows_per_second / peer.rows_per_second:.1f}x" if peer else "-"
-        busy = " (busy machine)" if m.machine_busy else ""
-        cpu = f"{m.cpu_run / m.rows * 1e6:,.0f}" if m.rows else "-"
+        busy = " (busy machine)" if m.usage.machine_busy else ""
+        cpu = f"{m.usage.cpu_run / m.rows * 1e6:,.0f}" if m.rows else "-"
         lines.append(f"| {m.run}{busy} | {m.workload} | {m.issues:,} | {m.rows:,} | {m.seconds:.1f}"
-                     f" | {m.rows_per_second:,.0f} | {m.requests_per_second:,.0f} | {m.peak_mib:,.0f} | {cpu}"
+                     f" | {m.rows_per_second:,.0f} | {m.requests_per_second:,.0f} | {m.usage.peak_mib:,.0f} | {cpu}"
                      f" | {ratio} |")
     return "\n".join(lines)
 
@@ -386,20 +340,15 @@ def verdicts(group: list[Measured]) -> list[tuple[bool | None, str]]:
 
 
 def _detail(m: Measured) -> str:
-    top = ", ".join(f"{n} {v:,.0f}" for n, v in m.breakdown[:6])
+    u = m.usage
     steps = ", ".join(f"{k} {v}" for k, v in m.steps.items())
-    return (f"{m.latency_ms} ms, {m.run}: {m.rows:,} rows in {m.seconds:.1f} s ({m.wall_seconds:.1f} s with process"
-            f" start), {m.requests:,} requests; own timings: {steps or '-'}; peak {m.peak_mib:,.0f} MiB over"
-            f" {m.processes} processes; at peak (MiB): {top}; CPU seconds: run {m.cpu_run:.1f}, emulator"
-            f" {m.cpu_emulator:.1f}, postgres {m.cpu_postgres:.1f}, the benchmark's sampling {m.cpu_sampler:.1f},"
-            f" rest of the machine {m.cpu_other:.1f}; by process: "
-            + ", ".join(f"{n} {v:.1f}" for n, v in m.cpu_by_process[:8])
-            + (" -- WARNING: the machine was busy with other work; figures are unreliable" if m.machine_busy else ""))
+    return (f"{m.latency_ms} ms, {m.run}: {m.rows:,} rows in {m.seconds:.1f} s ({u.wall_seconds:.1f} s with process"
+            f" start), {m.requests:,} requests; own timings: {steps or '-'}; {u.peak()}; {u.at_peak()};"
+            f" {u.cpu_seconds(outside='emulator')}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--issues", type=int, default=1_000_000, help="issues the engine reads, PRs included"
                         " (spread over --repos repositories)")
     parser.add_argument("--repos", type=int, default=10, help="repositories the emulator serves")
@@ -414,22 +363,17 @@ def main() -> None:
     parser.add_argument("--only", choices=["engine", "peer"], help="run one side only (no ratio checks)")
     parser.add_argument("--warm-ray", action="store_true", help="also run the engine with Ray started before"
                         " its clock (a long-lived cluster); checked against the target too")
-    parser.add_argument("--wait-idle", type=float, default=60, help="seconds to wait, before each run, for"
-                        " the machine to be idle (other work makes the figures unreliable)")
-    parser.add_argument("--database-url", help="admin URL of the Postgres to use (default: IPAI_DATABASE_URL,"
-                        " else the local server, else an embedded one)")
-    parser.add_argument("--child", choices=[PEER, ENGINE, WARM], help=argparse.SUPPRESS)
+    add_wait_idle(parser)
+    add_database_url(parser)
+    add_child_arguments(parser, [PEER, ENGINE, WARM])
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--share-repos", help=argparse.SUPPRESS)
     parser.add_argument("--share-pages", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--db-url", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args)
         return
 
-    from engine.spec import redact_url
     from tests.emulators.harness import EmulatorProcess
 
     latencies = [int(x) for x in args.latency_list.split(",")]
@@ -440,7 +384,7 @@ def main() -> None:
     pacing = "paced by the connector" if args.paced else "rate_limit lifted (unpaced)"
     header = (f"GitHub emulator: {args.repos} repos x {per_repo:,} issues (about 1 in 5 a pull request), {PER_PAGE}"
               f" per page; engine spec: pages_per_partition {args.pages_per_partition}, concurrency"
-              f" {args.concurrency}, {pacing}; postgres: {redact_url(admin)}{' (embedded)' if server else ''};"
+              f" {args.concurrency}, {pacing}; postgres: {describe_server(admin, server)};"
               f" cpus: {os.cpu_count()}")
     print(header, flush=True)
     started = time.perf_counter()
@@ -460,31 +404,25 @@ def main() -> None:
                           args.concurrency, args.paced)
             group: list[Measured] = []
             for run in runs:
-                if not wait_idle(args.wait_idle):
-                    print(f"the machine is still busy after {args.wait_idle:.0f} s; running anyway", flush=True)
+                wait_idle(args.wait_idle)
                 m = measure(run, shares[PEER if run == PEER else ENGINE], bench)
-                measures.add(m.measure)
+                measures.add(m.usage.measure)
                 details.append(_detail(m))
                 print(details[-1], flush=True)
                 group.append(m)
         reports.append(table(group))
         checks += verdicts(group)
-    measure_note = ("PSS (proportional set size: shared pages split between the processes mapping them)"
-                    if measures == {"pss"} else "RSS (PSS unavailable here; shared pages counted once per process)")
-    report = "\n\n".join(reports)
-    lines = [f"{verdict(ok)}  {text}" for ok, text in checks]
+    memory = measure_note(measures)
     minutes = (time.perf_counter() - started) / 60
-    print("\n" + report)
-    print(f"\nrows: non-PR issues landed (dlt in Postgres; the engine in bronze Delta and Postgres). requests/s:"
-          f" the emulator's request count during the run over its seconds. memory: {measure_note}, sampled every"
-          f" {SAMPLE_S} s over the side's process tree; the emulator and the PostgreSQL server are left out.")
-    print("\n".join(lines))
-    path = write_results(
-        "bench_http", f"{header}; {minutes:.1f} minutes in all.", report,
-        "Rows: non-PR issues landed. Requests/s: the emulator's request count during the run over its seconds."
-        f" Memory: {measure_note}, sampled every {SAMPLE_S} s over the side's process tree; the emulator and the"
-        " PostgreSQL server are left out.", checks, details)
-    print(f"\nwritten to {path.relative_to(ROOT)} ({minutes:.1f} minutes in all)")
+    print_and_write(
+        "bench_http", intro=f"{header}; {minutes:.1f} minutes in all.", report="\n\n".join(reports),
+        note="Rows: non-PR issues landed. Requests/s: the emulator's request count during the run over its seconds."
+        f" Memory: {memory}, sampled every {SAMPLE_S} s over the side's process tree; the emulator and the"
+        " PostgreSQL server are left out.",
+        printed_note="rows: non-PR issues landed (dlt in Postgres; the engine in bronze Delta and Postgres)."
+        f" requests/s: the emulator's request count during the run over its seconds. memory: {memory}, sampled"
+        f" every {SAMPLE_S} s over the side's process tree; the emulator and the PostgreSQL server are left out.",
+        checks=checks, details=details, minutes=minutes)
     if server is not None:
         del server
 

@@ -39,10 +39,8 @@ and its memory bounded by the changed rows, not the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +61,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
 
 from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
-    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, reap, verdict, wait_idle, write_results,
+    SAMPLE_S, Usage, add_child_arguments, add_database_url, add_wait_idle, admin_database, bench_parser,
+    child_command, child_result, database, describe_server, measure_note, print_and_write, print_result,
+    run_measured, start_child, wait_idle,
 )
 
 DELTA_MERGE, DELTA_REWRITE = "Delta merge", "Delta rewrite"
@@ -390,8 +390,7 @@ def child_main(args: argparse.Namespace) -> None:
     work = Path(args.work)
     orders = Orders(args.rows, args.changes, args.seed)
     if args.child == "build":
-        out = run_build(orders, args.build_chunk_rows, args.delta_uri, args.db_url, work)
-        print("RESULT " + json.dumps(out, default=str), flush=True)
+        print_result(run_build(orders, args.build_chunk_rows, args.delta_uri, args.db_url, work))
         return
     import pyarrow.parquet as pq
 
@@ -406,7 +405,7 @@ def child_main(args: argparse.Namespace) -> None:
     else:
         out = run_postgres_rewrite(chunk, args.db_url)
     out.update(start_mib=start_mib, chunk_mib=chunk.nbytes / 2**20)
-    print("RESULT " + json.dumps(out), flush=True)
+    print_result(out)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -417,22 +416,11 @@ class Measured:
     side: str
     changes: int
     seconds: float
-    wall_seconds: float
-    peak_mib: float
     start_mib: float
     """The side's process at its clock's start: interpreter, imports and the chunk read."""
     chunk_mib: float
-    measure: str
-    processes: int
-    breakdown: list[tuple[str, float]]
-    cpu_run: float
-    cpu_postgres: float
-    """CPU seconds of the PostgreSQL backends serving the side's database and the server's writers."""
-    cpu_other: float
-    """CPU seconds the rest of the machine used meanwhile: a busy machine makes the figures unreliable."""
-    cpu_sampler: float
-    cpu_by_process: list[tuple[str, float]]
     steps: dict[str, Any]
+    usage: Usage
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -442,11 +430,7 @@ class Measured:
     @property
     def own_mib(self) -> float:
         """What the work itself added to the process tree's memory at its peak."""
-        return max(0.0, self.peak_mib - self.start_mib)
-
-    @property
-    def machine_busy(self) -> bool:
-        return self.cpu_other > 0.15 * self.wall_seconds * (os.cpu_count() or 1)
+        return max(0.0, self.usage.peak_mib - self.start_mib)
 
 
 @dataclass(frozen=True)
@@ -465,20 +449,12 @@ class Setup:
         return self.work / "base-delta"
 
 
-def run_child(side: str, setup: Setup, *, delta_uri: str | None, db_url: str | None,
-              extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], list[str]]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--rows", str(setup.orders.rows),
-           "--changes", str(setup.orders.changes), "--seed", str(setup.orders.seed), "--work", str(setup.work),
-           *(["--delta-uri", delta_uri] if delta_uri else []), *(["--db-url", db_url] if db_url else []), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, cmd
-
-
-def result_of(side: str, proc: subprocess.Popen[str], out: str, err: str) -> dict[str, Any]:
-    line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise SystemExit(f"{side} failed (exit {proc.returncode}):\n{err[-4000:]}")
-    return json.loads(line[len("RESULT "):])
+def side_command(side: str, setup: Setup, *, delta_uri: str | None, db_url: str | None,
+                 extra: tuple[str, ...] = ()) -> list[str]:
+    return child_command(__file__, side, "--rows", str(setup.orders.rows), "--changes", str(setup.orders.changes),
+                         "--seed", str(setup.orders.seed), "--work", str(setup.work),
+                         *(["--delta-uri", delta_uri] if delta_uri else []), *(["--db-url", db_url] if db_url else []),
+                         *extra)
 
 
 def build(setup: Setup, args: argparse.Namespace, *, delta: bool, postgres: bool) -> dict[str, Any]:
@@ -488,10 +464,10 @@ def build(setup: Setup, args: argparse.Namespace, *, delta: bool, postgres: bool
     from engine.db import with_database
 
     db_url = with_database(setup.admin_url, setup.base_database) if postgres else None
-    proc, _ = run_child("build", setup, delta_uri=str(setup.base_delta) if delta else None, db_url=db_url,
-                        extra=("--build-chunk-rows", str(args.build_chunk_rows)))
+    proc = start_child(side_command("build", setup, delta_uri=str(setup.base_delta) if delta else None, db_url=db_url,
+                                    extra=("--build-chunk-rows", str(args.build_chunk_rows))))
     out, err = proc.communicate()
-    result = result_of("build", proc, out, err)
+    result = child_result("build", proc, out, err)
     if db_url:
         with psycopg.connect(db_url, autocommit=True) as conn:
             t0 = time.perf_counter()
@@ -512,60 +488,34 @@ def build(setup: Setup, args: argparse.Namespace, *, delta: bool, postgres: bool
 def measure(side: str, setup: Setup) -> tuple[Measured, dict[str, Any], dict[int, tuple[Any, ...]]]:
     """Run one side on its own copy of the built table, in a subprocess whose process tree is sampled; return
     what it measured and what the table holds afterwards (read outside the clock)."""
-    import psycopg
-
-    from engine.db import with_database
-
     delta = side in (DELTA_MERGE, DELTA_REWRITE, DELTA_UNIFORM)
     spread = "uniform" if side == DELTA_UNIFORM else "recent"
     copy = setup.work / "side-delta"
-    database = f"{setup.base_database}_{uuid.uuid4().hex[:6]}"
+    name = f"{setup.base_database}_{uuid.uuid4().hex[:6]}"
     notes: list[str] = []
     if delta:
         shutil.copytree(setup.base_delta, copy)
-    else:
-        with psycopg.connect(setup.admin_url, autocommit=True) as conn:
-            # A file copy: the default strategy (WAL_LOG) would write the whole table to the WAL.
-            copy_sql = f'create database "{database}" template "{setup.base_database}" strategy file_copy'
-            conn.execute(copy_sql)  # type: ignore[arg-type]
-    db_url = with_database(setup.admin_url, database)
     try:
-        with psycopg.connect(setup.admin_url, autocommit=True) as conn:
-            try:
-                conn.execute("checkpoint")  # the previous side's WAL is not flushed during this one
-            except psycopg.Error:
-                pass  # not a superuser: the sides may then share some checkpoint work
-        t0, cpu0, own0 = time.perf_counter(), busy_cpu(), sum(psutil.Process().cpu_times()[:2])
-        proc, _ = run_child(side, setup, delta_uri=str(copy) if delta else None, db_url=None if delta else db_url)
-        sampler = MemorySampler(proc.pid, database="" if delta else database)
-        sampler.start()
-        out, err = proc.communicate()
-        sampler.stop()
-        wall, busy = time.perf_counter() - t0, busy_cpu() - cpu0
-        own = sum(psutil.Process().cpu_times()[:2]) - own0
-        reap(sampler)
-        result = result_of(side, proc, out, err)
-        sample_ids = sorted(setup.orders.sample(spread))
-        if delta:
-            state, rows = delta_state(str(copy), setup.orders.run_id(f"changes-{spread}"), sample_ids)
-            if side != DELTA_REWRITE:
-                notes.append(delta_merge_metrics(str(copy)))
-        else:
-            state, rows = postgres_state(db_url, setup.orders.run_id(f"changes-{spread}"), sample_ids)
-            if side == PG_MERGE:
-                try:
-                    notes.append(explain_merge(db_url, setup.work / "changes-recent.parquet"))
-                except Exception as exc:  # the plan is a detail: a changed merger must not lose the run's figures
-                    notes.append(f"Postgres MERGE plan unavailable: {type(exc).__name__}: {exc}")
+        # A Delta side gets no database, only the checkpoint: the previous side's WAL is not flushed during it.
+        with database(setup.admin_url, name, create=not delta, template=setup.base_database) as db_url:
+            cmd = side_command(side, setup, delta_uri=str(copy) if delta else None, db_url=None if delta else db_url)
+            result, usage = run_measured(side, cmd, database="" if delta else name)
+            sample_ids = sorted(setup.orders.sample(spread))
+            if delta:
+                state, rows = delta_state(str(copy), setup.orders.run_id(f"changes-{spread}"), sample_ids)
+                if side != DELTA_REWRITE:
+                    notes.append(delta_merge_metrics(str(copy)))
+            else:
+                state, rows = postgres_state(db_url, setup.orders.run_id(f"changes-{spread}"), sample_ids)
+                if side == PG_MERGE:
+                    try:
+                        notes.append(explain_merge(db_url, setup.work / "changes-recent.parquet"))
+                    except Exception as exc:  # the plan is a detail: a changed merger must not lose the run's figures
+                        notes.append(f"Postgres MERGE plan unavailable: {type(exc).__name__}: {exc}")
     finally:
         shutil.rmtree(copy, ignore_errors=True)
-        if not delta:
-            with psycopg.connect(setup.admin_url, autocommit=True) as conn:
-                conn.execute(f'drop database if exists "{database}" with (force)')  # type: ignore[arg-type]
-    cpu_run, cpu_pg = sum(sampler.cpu.values()), sum(sampler.postgres_cpu.values())
-    m = Measured(side, setup.orders.changes, result["seconds"], wall, sampler.peak_mib, result["start_mib"],
-                 result["chunk_mib"], sampler.measure, len(sampler.pids_seen), sampler.peak_breakdown, cpu_run, cpu_pg,
-                 max(0.0, busy - cpu_run - cpu_pg - own), own, cpu_by_label(sampler), result.get("steps", {}), notes)
+    m = Measured(side, setup.orders.changes, result["seconds"], result["start_mib"], result["chunk_mib"],
+                 result.get("steps", {}), usage, notes)
     return m, state, rows
 
 
@@ -708,10 +658,10 @@ def table(results: dict[str, Measured]) -> str:
             continue
         rewrite = results.get(REWRITE_OF.get(side, side))
         time_x = f"{m.seconds / rewrite.seconds:.0%}" if rewrite else "-"
-        mem_x = f"{m.peak_mib / rewrite.peak_mib:.0%}" if rewrite else "-"
-        busy = " (busy machine)" if m.machine_busy else ""
+        mem_x = f"{m.usage.peak_mib / rewrite.usage.peak_mib:.0%}" if rewrite else "-"
+        busy = " (busy machine)" if m.usage.machine_busy else ""
         lines.append(f"| {m.side}{busy} | {m.changes:,} | {m.seconds:.1f} | {m.rows_per_second:,.0f} |"
-                     f" {m.peak_mib:,.0f} | {m.own_mib:,.0f} | {time_x} | {mem_x} |")
+                     f" {m.usage.peak_mib:,.0f} | {m.own_mib:,.0f} | {time_x} | {mem_x} |")
     return "\n".join(lines)
 
 
@@ -729,7 +679,8 @@ def verdicts(results: dict[str, Measured], table_mib: float) -> list[tuple[bool 
         if m is None:
             continue
         limit = MEMORY_TABLE_SHARE * table_mib
-        vs_rewrite = f"; peak {m.peak_mib:,.0f} MiB against the rewrite's {r.peak_mib:,.0f} MiB" if r else ""
+        vs_rewrite = (f"; peak {m.usage.peak_mib:,.0f} MiB against the rewrite's {r.usage.peak_mib:,.0f} MiB"
+                      if r else "")
         server = " (client side: PostgreSQL's own work, in the server, is not counted)" if merge == PG_MERGE else ""
         out.append((m.own_mib <= limit, f"{merge} memory: {m.own_mib:,.0f} MiB above the process at its start,"
                     f" {m.own_mib / m.chunk_mib:.1f}x the changed rows' {m.chunk_mib:,.0f} MiB in Arrow, against the"
@@ -739,20 +690,16 @@ def verdicts(results: dict[str, Measured], table_mib: float) -> list[tuple[bool 
 
 
 def detail(m: Measured) -> str:
-    top = ", ".join(f"{n} {v:,.0f}" for n, v in m.breakdown[:4])
+    u = m.usage
     steps = ", ".join(f"{k} {v} s" for k, v in m.steps.items())
-    return (f"{m.side}: {m.changes:,} changed rows in {m.seconds:.1f} s ({m.wall_seconds:.1f} s with process start"
-            f" and reading the chunk){'; ' + steps if steps else ''}; peak {m.peak_mib:,.0f} MiB over {m.processes}"
-            f" processes, {m.start_mib:,.0f} MiB at the clock's start (the chunk {m.chunk_mib:,.0f} MiB); at peak"
-            f" (MiB): {top}; CPU seconds: run {m.cpu_run:.1f}, postgres {m.cpu_postgres:.1f}, the benchmark's"
-            f" sampling {m.cpu_sampler:.1f}, rest of the machine {m.cpu_other:.1f}"
-            + (" -- WARNING: the machine was busy with other work; figures are unreliable" if m.machine_busy else "")
+    return (f"{m.side}: {m.changes:,} changed rows in {m.seconds:.1f} s ({u.wall_seconds:.1f} s with process start"
+            f" and reading the chunk){'; ' + steps if steps else ''}; {u.peak()}, {m.start_mib:,.0f} MiB at the clock's"
+            f" start (the chunk {m.chunk_mib:,.0f} MiB); {u.at_peak(4)}; {u.cpu_seconds(by_process=False)}"
             + "".join(f"\n    {n}" for n in m.notes))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--rows", type=int, default=20_000_000, help="rows in the silver table")
     parser.add_argument("--changes", type=int, default=1_000_000, help="changed rows merged (80%% updates, 20%% new)")
     parser.add_argument("--build-chunk-rows", type=int, help="rows per chunk when building the table through the"
@@ -760,14 +707,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["delta", "postgres"], help="one destination only")
     parser.add_argument("--no-uniform", action="store_true", help="skip the worst case (Delta, uniform keys)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--wait-idle", type=float, default=60, help="seconds to wait, before each side, for the"
-                        " machine to be idle (other work makes the figures unreliable)")
-    parser.add_argument("--database-url", help="admin URL of the Postgres to use (default: IPAI_DATABASE_URL,"
-                        " else the local server, else an embedded one)")
-    parser.add_argument("--child", choices=["build", *SIDES], help=argparse.SUPPRESS)
-    parser.add_argument("--db-url", help=argparse.SUPPRESS)
+    add_wait_idle(parser, before_each="side")
+    add_database_url(parser)
+    add_child_arguments(parser, ["build", *SIDES])
     parser.add_argument("--delta-uri", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args)
@@ -780,8 +723,6 @@ def main() -> None:
         args.build_chunk_rows = min(CHUNK_ROWS, max(1, args.rows // 20))
 
     import psycopg
-
-    from engine.spec import redact_url
 
     delta, postgres = args.only != "postgres", args.only != "delta"
     sides = [s for s in SIDES if (delta if s.startswith("Delta") else postgres)
@@ -815,13 +756,12 @@ def main() -> None:
                   + f". Changes: one bronze chunk of {args.changes:,} rows in cursor order: {orders.updates:,} updates"
                   f" of keys among the newest {RECENT_SHARE:.0%} of the table (new updated_at, status, amount, note)"
                   f" and {orders.new_keys:,} new keys; worst case: the same with the updated keys uniform over the"
-                  f" table. Postgres: {redact_url(admin)}{' (embedded)' if server else ''}; {os.cpu_count()} CPUs.")
+                  f" table. Postgres: {describe_server(admin, server)}; {os.cpu_count()} CPUs.")
         print(header, flush=True)
         expected = {s: orders.expected(s, setup.base) for s in ("recent", "uniform")}
         states: dict[str, dict[str, Any]] = {}
         for side in sides:
-            if not wait_idle(args.wait_idle):
-                print(f"the machine is still busy after {args.wait_idle:.0f} s; running anyway", flush=True)
+            wait_idle(args.wait_idle)
             m, state, rows = measure(side, setup)
             spread = "uniform" if side == DELTA_UNIFORM else "recent"
             wrong = check(side, state, rows, expected[spread], orders.sample(spread))
@@ -833,7 +773,7 @@ def main() -> None:
             if wrong:
                 raise SystemExit("WRONG RESULT:\n" + "\n".join(wrong))
             states[side] = state
-            measures.add(m.measure)
+            measures.add(m.usage.measure)
             results[side] = m
             details.append(detail(m) + f"; checked: {state['rows']:,} rows, {state['change_run_rows']:,} with the"
                            f" change's run id, {len(rows):,} sampled rows equal")
@@ -842,13 +782,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{base_database}" with (force)')  # type: ignore[arg-type]
-    measure_note = ("PSS (proportional set size: shared pages split between the processes mapping them)"
-                    if measures == {"pss"} else "RSS (PSS unavailable here; shared pages counted once per process)")
     chunk_mib = next(iter(results.values())).chunk_mib
     table_mib = chunk_mib * args.rows / args.changes
-    report = table(results)
-    checks = verdicts(results, table_mib)
     minutes = (time.perf_counter() - started) / 60
+    memory = measure_note(measures)
     uniform = results.get(DELTA_UNIFORM)
     rewrite = results.get(DELTA_REWRITE)
     worst = (f" Worst case (not a target): {DELTA_UNIFORM} took {uniform.seconds:.1f} s"
@@ -856,16 +793,13 @@ def main() -> None:
                 " keys changed: it reads and writes the whole table either way)." if rewrite else ".")
              if uniform else "")
     note = (f"seconds: inside the side's process, from the merge's (or rewrite's) start to its commit; changed rows/s:"
-            f" the chunk's {args.changes:,} rows over those seconds. Peak memory: {measure_note}, sampled every"
+            f" the chunk's {args.changes:,} rows over those seconds. Peak memory: {memory}, sampled every"
             f" {SAMPLE_S} s over the side's process tree; own memory: the peak less the process at its clock's start"
             f" (interpreter, imports, the chunk). The PostgreSQL server is left out: the Postgres sides' work runs"
             f" there. Every side's table was checked afterwards (row count, distinct keys, sums, a sample of"
             f" {3 * SAMPLE_KEYS:,} keys row by row) and Delta and Postgres agree.{worst}")
-    print("\n" + report + "\n\n" + note)
-    for ok, text in checks:
-        print(f"{verdict(ok)}  {text}")
-    path = write_results("bench_silver", f"{header} {minutes:.1f} minutes in all.", report, note, checks, details)
-    print(f"\nwritten to {path.relative_to(ROOT)} ({minutes:.1f} minutes in all)")
+    print_and_write("bench_silver", intro=f"{header} {minutes:.1f} minutes in all.", report=table(results), note=note,
+                    checks=verdicts(results, table_mib), details=details, minutes=minutes)
     if server is not None:
         del server
 

@@ -31,29 +31,25 @@ dlt's rows/s and >= 70% of the floor's, peak memory under 3 GiB. The table is pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the engine lives at the repo root
 
 from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
-    SAMPLE_S, MemorySampler, admin_database, busy_cpu, cpu_by_label, reap, verdict, wait_idle, write_results,
+    SAMPLE_S, Usage, add_child_arguments, add_database_url, add_wait_idle, admin_database, bench_parser,
+    child_command, child_env, database, describe_server, dlt_steps, fastest, measure_note, print_and_write,
+    print_result, run_measured, sync_timed, wait_idle,
 )
 
 FLOOR = "floor"
@@ -235,9 +231,8 @@ def run_peer(source_url: str, lakehouse: Path, work: Path) -> dict[str, Any]:
                             dataset_name=PEER_DATASET)
     pipeline.run(source, table_format="delta")
     seconds = time.perf_counter() - t0
+    steps = dlt_steps(pipeline)
     trace = pipeline.last_trace
-    steps = {s.step: round((s.finished_at - s.started_at).total_seconds(), 2) for s in trace.steps
-             if s.finished_at is not None} if trace else {}
     normalized = trace.last_normalize_info if trace else None
     rows = (normalized.row_counts or {}).get(TABLE, 0) if normalized else 0
     return {"rows": rows, "seconds": seconds, "steps": steps}
@@ -248,15 +243,11 @@ def run_engine(source_url: str, dest_url: str, work: Path, *, partition_rows: in
     """Sync the table with the engine's `database` source, on a local Ray it starts itself (before the clock
     starts when `warm`)."""
     import psycopg
-    import ray
 
     from engine.config import Settings
     from engine.db import Database
-    from engine.driver import run_sync
-    from engine.raytime import ensure_ray
     from engine.secrets import set_secret
     from engine.spec import redact_url
-    from engine.specload import parse_spec
 
     settings = Settings(home=work / "home", database_url=dest_url, lakehouse_uri=str(work / "lakehouse"),
                         ray_address=None)
@@ -265,12 +256,7 @@ def run_engine(source_url: str, dest_url: str, work: Path, *, partition_rows: in
         set_secret(Database(dest_url), settings.home, "sqlbench_source", source_url)
         url = "{secret: sqlbench_source}"
     text = spec_text(url, partition_rows, commit_rows)
-    if warm:
-        ensure_ray(None)
-    t0 = time.perf_counter()
-    result = run_sync(parse_spec(text), text, db=Database(dest_url), settings=settings)
-    seconds = time.perf_counter() - t0
-    ray.shutdown()
+    result, seconds = sync_timed(text, db_url=dest_url, settings=settings, warm=warm)
     with psycopg.connect(dest_url) as conn:
         row = conn.execute("select timings from connector_runs where id = %s", (result.run_id,)).fetchone()
     return {"rows": result.rows, "seconds": seconds, "partitions": result.partitions,
@@ -291,7 +277,7 @@ def child_main(args: argparse.Namespace) -> None:
     else:
         out = run_engine(args.source_url, args.db_url, work, partition_rows=args.partition_rows,
                          commit_rows=args.commit_rows, warm=args.child == WARM)
-    print("RESULT " + json.dumps(out), flush=True)
+    print_result(out)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -324,51 +310,15 @@ class Measured:
     side: str
     rows: int
     seconds: float
-    wall_seconds: float
-    peak_mib: float
-    measure: str
-    processes: int
-    outside_tree: list[str]
-    breakdown: list[tuple[str, float]]
     landed: list[Landed]
-    cpu_run: float
-    cpu_postgres: float
-    """CPU seconds of the backends serving the source and destination databases, and the server's writers."""
-    cpu_other: float
-    cpu_sampler: float
-    cpu_by_process: list[tuple[str, float]]
     steps: dict[str, Any]
+    usage: Usage
+    """Its Postgres CPU is that of the backends serving the source and destination databases, and the
+    server's writers."""
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
-
-    @property
-    def machine_busy(self) -> bool:
-        return self.cpu_other > 0.15 * self.wall_seconds * (os.cpu_count() or 1)
-
-
-@contextmanager
-def database(admin_url: str, name: str, *, keep: bool, create: bool = True) -> Iterator[str]:
-    """Create database `name` (unless `create` is false) and yield its URL; drop it afterwards unless `keep`.
-    A `CHECKPOINT` first (when allowed), so that one run does not pay for flushing the previous one's WAL."""
-    import psycopg
-
-    from engine.db import with_database
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if create:
-            conn.execute(f'create database "{name}"')  # type: ignore[arg-type]
-        try:
-            conn.execute("checkpoint")
-        except psycopg.Error:
-            pass  # not a superuser: the runs may then share some checkpoint work
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        if create and not keep:
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f'drop database if exists "{name}" with (force)')  # type: ignore[arg-type]
 
 
 def measure(side: str, args: argparse.Namespace, admin_url: str, source: str, src: SourceStats) -> Measured:
@@ -379,37 +329,21 @@ def measure(side: str, args: argparse.Namespace, admin_url: str, source: str, sr
     # Named after the source database, so that the sampler's Postgres CPU (backends whose command line names
     # the database) counts the backends reading the source and those loading the destination.
     dest = f"{source}_{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the engine starts its own local Ray
-    env.update(RUNTIME__DLTHUB_TELEMETRY="false", DLT_DATA_DIR=str(work / "dlt"))
+    env = child_env(RUNTIME__DLTHUB_TELEMETRY="false", DLT_DATA_DIR=str(work / "dlt"))
     try:
         with database(admin_url, dest, keep=args.keep) as dest_url:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--db-url", dest_url,
-                   "--source-url", with_database(admin_url, source), "--work", str(work),
-                   "--partition-rows", str(args.partition_rows), "--commit-rows", str(args.commit_rows)]
-            t0, cpu0, own0 = time.perf_counter(), busy_cpu(), sum(psutil.Process().cpu_times()[:2])
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            sampler = MemorySampler(proc.pid, database=source)
-            sampler.start()
-            out, err = proc.communicate()
-            sampler.stop()
-            wall, busy = time.perf_counter() - t0, busy_cpu() - cpu0
-            own = sum(psutil.Process().cpu_times()[:2]) - own0
-            reap(sampler)
-            line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                raise SystemExit(f"{side} run failed (exit {proc.returncode}):\n{err[-4000:]}")
-            result = json.loads(line[len("RESULT "):])
+            cmd = child_command(__file__, side, "--db-url", dest_url, "--source-url", with_database(admin_url, source),
+                                "--work", str(work), "--partition-rows", str(args.partition_rows),
+                                "--commit-rows", str(args.commit_rows))
+            result, usage = run_measured(side, cmd, env=env, database=source)
             landed = count_landed(side, work, dest_url)
     finally:
         if args.keep:
             print(f"  kept: {work} and database {dest}", flush=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    cpu_run, cpu_pg = sum(sampler.cpu.values()), sum(sampler.postgres_cpu.values())
     rows = result["rows"] or (landed[0].rows if side == PEER else 0)
-    return Measured(side, rows, result["seconds"], wall, sampler.peak_mib, sampler.measure, len(sampler.pids_seen),
-                    sorted(sampler.outside_names), sampler.peak_breakdown, landed, cpu_run, cpu_pg,
-                    max(0.0, busy - cpu_run - cpu_pg - own), own, cpu_by_label(sampler), result.get("steps", {}))
+    return Measured(side, rows, result["seconds"], landed, result.get("steps", {}), usage)
 
 
 def count_landed(side: str, work: Path, dest_url: str) -> list[Landed]:
@@ -457,8 +391,9 @@ def table(results: list[Measured]) -> str:
     for m in results:
         vs_dlt = f"{m.rows_per_second / peer.rows_per_second:.1f}x" if peer else "-"
         vs_floor = f"{m.rows_per_second / floor.rows_per_second:.1%}" if floor else "-"
-        busy = " (busy machine)" if m.machine_busy else ""
-        lines.append(f"| {m.side}{busy} | {m.rows:,} | {m.seconds:.1f} | {m.rows_per_second:,.0f} | {m.peak_mib:,.0f}"
+        busy = " (busy machine)" if m.usage.machine_busy else ""
+        lines.append(f"| {m.side}{busy} | {m.rows:,} | {m.seconds:.1f} | {m.rows_per_second:,.0f}"
+                     f" | {m.usage.peak_mib:,.0f}"
                      f" | {vs_dlt} | {vs_floor} |")
     return "\n".join(lines)
 
@@ -485,7 +420,7 @@ def verdicts(results: list[Measured], src: SourceStats) -> list[tuple[bool | Non
             out.append((ratio >= VS_FLOOR_TARGET, f"{what} at {ratio:.1%} of the floor's rows/s"
                         f" ({m.rows_per_second:,.0f} vs {floor.rows_per_second:,.0f};"
                         f" target >= {VS_FLOOR_TARGET:.0%})"))
-        out.append((m.peak_mib < MEMORY_LIMIT_MIB, f"{what}: peak memory {m.peak_mib:,.0f} MiB"
+        out.append((m.usage.peak_mib < MEMORY_LIMIT_MIB, f"{what}: peak memory {m.usage.peak_mib:,.0f} MiB"
                     f" (target < {MEMORY_LIMIT_MIB:,} MiB)"))
     for m in results:
         ok = m.rows == src.rows and all(x.matches(src) for x in m.landed)
@@ -495,21 +430,15 @@ def verdicts(results: list[Measured], src: SourceStats) -> list[tuple[bool | Non
 
 
 def detail(m: Measured) -> str:
-    top = ", ".join(f"{n} {v:,.0f}" for n, v in m.breakdown[:6])
+    u = m.usage
     steps = ", ".join(f"{k} {v}" for k, v in m.steps.items())
-    return (f"{m.side}: {m.rows:,} rows in {m.seconds:.1f} s ({m.wall_seconds:.1f} s with process start),"
-            f" {m.rows_per_second:,.0f} rows/s; own timings: {steps or '-'}; peak {m.peak_mib:,.0f} MiB over"
-            f" {m.processes} processes ({len(m.outside_tree)} found outside the process tree"
-            f"{': ' + ', '.join(m.outside_tree) if m.outside_tree else ''}); at peak (MiB): {top};"
-            f" CPU seconds: run {m.cpu_run:.1f}, postgres {m.cpu_postgres:.1f}, the benchmark's sampling"
-            f" {m.cpu_sampler:.1f}, rest of the machine {m.cpu_other:.1f}; by process: "
-            + ", ".join(f"{n} {v:.1f}" for n, v in m.cpu_by_process[:8])
-            + (" -- WARNING: the machine was busy with other work; figures are unreliable" if m.machine_busy else ""))
+    return (f"{m.side}: {m.rows:,} rows in {m.seconds:.1f} s ({u.wall_seconds:.1f} s with process start),"
+            f" {m.rows_per_second:,.0f} rows/s; own timings: {steps or '-'}; {u.peak(outside_tree=True)};"
+            f" {u.at_peak()}; {u.cpu_seconds()}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--rows", type=int, default=5_000_000, help="rows in the source table")
     parser.add_argument("--partition-rows", type=int, default=500_000, help="the engine spec's partition_rows")
     parser.add_argument("--commit-rows", type=int, default=1_000_000, help="rows per Delta commit and Postgres load"
@@ -525,20 +454,14 @@ def main() -> None:
                         " work folders (their names are printed)")
     parser.add_argument("--source-database", help="use this existing source database (made by an earlier --keep run)"
                         " instead of making one; it is never dropped")
-    parser.add_argument("--wait-idle", type=float, default=60, help="seconds to wait, before each run, for the"
-                        " machine to be idle (other work makes the figures unreliable)")
-    parser.add_argument("--database-url", help="admin URL of the Postgres to use (default: IPAI_DATABASE_URL,"
-                        " else the local server, else an embedded one)")
-    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
-    parser.add_argument("--db-url", help=argparse.SUPPRESS)
+    add_wait_idle(parser)
+    add_database_url(parser)
+    add_child_arguments(parser, SIDES)
     parser.add_argument("--source-url", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args)
         return
-
-    from engine.spec import redact_url
 
     names = {"floor": FLOOR, "dlt": PEER, "engine": ENGINE, "warm": WARM}
     if args.only:
@@ -561,43 +484,33 @@ def main() -> None:
         header = (f"source: {src.rows:,} rows in {SCHEMA}.{TABLE} ({size}; columns {', '.join(columns)}),"
                   f" database {source}; {args.repeat} run(s) of each side, the fastest kept; engine spec:"
                   f" partition_rows {args.partition_rows:,}; commit_rows (engine and floor) {args.commit_rows:,};"
-                  f" postgres: {redact_url(admin)}"
-                  f"{' (embedded)' if server else ''}; cpus: {os.cpu_count()}")
+                  f" postgres: {describe_server(admin, server)}; cpus: {os.cpu_count()}")
         print(header, flush=True)
         best: dict[str, Measured] = {}
         measures: set[str] = set()
         details: list[str] = []
         for _ in range(args.repeat):
             for side in sides:
-                if not wait_idle(args.wait_idle):
-                    print(f"the machine is still busy after {args.wait_idle:.0f} s; running anyway", flush=True)
+                wait_idle(args.wait_idle)
                 m = measure(side, args, admin, source, src)
-                measures.add(m.measure)
+                measures.add(m.usage.measure)
                 details.append(detail(m))
                 print(details[-1], flush=True)
                 if side in best:  # the fastest run on a quiet machine is reported, with the highest peak memory
-                    peak = max(m.peak_mib, best[side].peak_mib)
-                    m = m if (m.machine_busy, m.seconds) < (best[side].machine_busy, best[side].seconds) else best[side]
-                    m.peak_mib = peak
-                    m.landed = m.landed + [x for x in best[side].landed if not x.matches(src)]  # keep failures
+                    failures = [x for x in best[side].landed if not x.matches(src)]
+                    m = fastest(best[side], m, quiet_first=True)
+                    m.landed = m.landed + failures  # keep failures
                 best[side] = m
         results = [best[side] for side in sides]
         if args.keep and not args.source_database:
             print(f"kept the source database {source} (reuse it with --source-database {source})", flush=True)
-    measure_note = ("PSS (proportional set size: shared pages split between the processes mapping them)"
-                    if measures == {"pss"} else "RSS (PSS unavailable here; shared pages counted once per process)")
-    report = table(results)
-    checks = verdicts(results, src)
     minutes = (time.perf_counter() - started) / 60
     note = (f"rows/s: source rows landed (the floor and the engine in Delta and Postgres, dlt in Delta only) over"
             f" the side's seconds (inside its process, imports done; the engine's includes starting Ray unless"
-            f" 'Ray up'). Memory: {measure_note}, sampled every {SAMPLE_S} s over the side's process tree; the"
-            " PostgreSQL server is left out.")
-    print("\n" + report + "\n\n" + note)
-    for ok, text in checks:
-        print(f"{verdict(ok)}  {text}")
-    path = write_results("bench_sql", f"{header}; {minutes:.1f} minutes in all.", report, note, checks, details)
-    print(f"\nwritten to {path.relative_to(ROOT)} ({minutes:.1f} minutes in all)")
+            f" 'Ray up'). Memory: {measure_note(measures)}, sampled every {SAMPLE_S} s over the side's process tree;"
+            " the PostgreSQL server is left out.")
+    print_and_write("bench_sql", intro=f"{header}; {minutes:.1f} minutes in all.", report=table(results), note=note,
+                    checks=verdicts(results, src), details=details, minutes=minutes)
     if server is not None:
         del server
 

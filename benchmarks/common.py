@@ -1,25 +1,31 @@
-"""What the benchmarks share: the memory and CPU sampler over a run's process tree, and Postgres set-up.
+"""What the benchmarks share: running and measuring one side, reporting, and Postgres set-up.
 
-A benchmark runs each side in a subprocess of its own and measures it with `MemorySampler(pid)`: the
-summed PSS of that process, its descendants and any process of its Ray session, plus their CPU time.
-`fresh_database` gives each run a database of its own on the server `admin_database` picked.
+A benchmark runs each side in a subprocess of its own (the script again, with `--child <side>`), which ends by
+handing its figures back with `print_result`. The parent runs it with `run_measured`: `MemorySampler(pid)`
+samples the summed PSS of that process, its descendants and any process of its Ray session, plus their CPU
+time, and the machine's own counters give the rest of the machine's CPU; all of it comes back as a `Usage`.
+`fresh_database` (or `database`) gives each run a database of its own on the server `admin_database` picked.
+`print_and_write` prints a benchmark's table, note and verdicts and writes them to `benchmarks/results/`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psutil
 
@@ -32,6 +38,11 @@ SAMPLE_S = 0.2
 PSS_REREAD_BYTES = 4 * 2**20
 PSS_MAX_AGE_S = 2.0
 POSTGRES_WRITERS = ("checkpointer", "walwriter", "background writer")
+BUSY_SHARE = 0.15
+"""A run during which the rest of the machine used more than this share of its CPU is marked busy."""
+BUSY_WARNING = " -- WARNING: the machine was busy with other work; figures are unreliable"
+RESULT = "RESULT "
+"""What starts the line on which a side's subprocess hands back its figures (JSON)."""
 
 
 @dataclass
@@ -202,12 +213,14 @@ def cpu_by_label(sampler: MemorySampler) -> list[tuple[str, float]]:
 
 
 def wait_idle(seconds: float) -> bool:
-    """Wait up to `seconds` for the machine to be idle (under 10% CPU over a second); return whether it is."""
+    """Wait up to `seconds` for the machine to be idle (under 10% CPU over a second); return whether it is,
+    saying so when it is not (the run goes ahead anyway)."""
     deadline = time.monotonic() + seconds
     while True:
         if psutil.cpu_percent(interval=1.0) < 10:
             return True
         if time.monotonic() >= deadline:
+            print(f"the machine is still busy after {seconds:.0f} s; running anyway", flush=True)
             return False
 
 
@@ -226,6 +239,206 @@ def reap(sampler: MemorySampler) -> None:
                 p.terminate()
         except psutil.Error:
             pass
+
+
+# -- running and measuring one side ----------------------------------------------------------------
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """Return an argument parser described by the first paragraph of a benchmark's docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="admin URL of the Postgres to use (default: IPAI_DATABASE_URL,"
+                        " else the local server, else an embedded one)")
+
+
+def add_wait_idle(parser: argparse.ArgumentParser, *, before_each: str = "run") -> None:
+    parser.add_argument("--wait-idle", type=float, default=60, help=f"seconds to wait, before each {before_each},"
+                        " for the machine to be idle (other work makes the figures unreliable)")
+
+
+def add_child_arguments(parser: argparse.ArgumentParser, sides: list[str] | tuple[str, ...]) -> None:
+    """Add the hidden options with which a benchmark runs one side in its subprocess (see `child_command`)."""
+    parser.add_argument("--child", choices=sides, help=argparse.SUPPRESS)
+    parser.add_argument("--db-url", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+
+
+def child_command(script: str, side: str, *args: str) -> list[str]:
+    """The command line that runs one side of the benchmark `script` (its `__file__`) in a subprocess."""
+    return [sys.executable, str(Path(script).resolve()), "--child", side, *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Our environment, less `RAY_ADDRESS` (the engine starts its own local Ray), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(extra)
+    return env
+
+
+def start_child(cmd: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a side's subprocess at the repo root, its output piped."""
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def print_result(out: dict[str, Any]) -> None:
+    """In a side's subprocess: hand its figures to the benchmark (`child_result` reads them)."""
+    print(RESULT + json.dumps(out, default=str), flush=True)
+
+
+def child_result(side: str, proc: subprocess.Popen[str], out: str, err: str) -> dict[str, Any]:
+    """Return the figures a finished side printed; stop the benchmark with its error output if it failed."""
+    line = next((ln for ln in out.splitlines() if ln.startswith(RESULT)), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"{side} run failed (exit {proc.returncode}):\n{err[-4000:]}")
+    result: dict[str, Any] = json.loads(line[len(RESULT):])
+    return result
+
+
+@dataclass
+class Usage:
+    """What one side's subprocess used, as sampled (memory, CPU by process) and counted by the machine."""
+
+    wall_seconds: float
+    """From starting the subprocess to its end, the interpreter's start included."""
+    peak_mib: float
+    measure: str
+    """What `peak_mib` sums: "pss", or "rss" where the kernel reports no PSS."""
+    processes: int
+    outside_tree: list[str]
+    """Processes of the run's Ray session that were not descendants of the run's process."""
+    breakdown: list[tuple[str, float]]
+    """The processes at the peak, largest first (MiB)."""
+    cpu_run: float
+    """CPU seconds used by the run's processes."""
+    cpu_postgres: float
+    """CPU seconds used by the PostgreSQL backends serving the run's database and the server's writers."""
+    cpu_other: float
+    """CPU seconds the rest of the machine used meanwhile: a busy machine makes the figures unreliable."""
+    cpu_sampler: float
+    """CPU seconds this benchmark's own process (its sampling) used meanwhile."""
+    cpu_by_process: list[tuple[str, float]]
+    cpu_outside: float = 0.0
+    """CPU seconds of the `outside` process given to `run_measured` (an emulator), if any."""
+
+    @property
+    def machine_busy(self) -> bool:
+        return self.cpu_other > BUSY_SHARE * self.wall_seconds * (os.cpu_count() or 1)
+
+    def peak(self, *, outside_tree: bool = False) -> str:
+        """`peak N MiB over P processes`, and with `outside_tree` how many were found outside the tree."""
+        text = f"peak {self.peak_mib:,.0f} MiB over {self.processes} processes"
+        if outside_tree:
+            names = f": {', '.join(self.outside_tree)}" if self.outside_tree else ""
+            text += f" ({len(self.outside_tree)} found outside the process tree{names})"
+        return text
+
+    def at_peak(self, top: int = 6) -> str:
+        """`at peak (MiB): ...`, the `top` largest processes."""
+        return "at peak (MiB): " + ", ".join(f"{n} {v:,.0f}" for n, v in self.breakdown[:top])
+
+    def cpu_seconds(self, *, outside: str | None = None, by_process: bool = True) -> str:
+        """`CPU seconds: run ..., postgres ..., ...`, ending with a warning when the machine was busy.
+
+        `outside`: what to call the `cpu_outside` process (listed after the run). `by_process`: add the eight
+        processes of the run that used the most CPU.
+        """
+        text = f"CPU seconds: run {self.cpu_run:.1f}, "
+        if outside:
+            text += f"{outside} {self.cpu_outside:.1f}, "
+        text += (f"postgres {self.cpu_postgres:.1f}, the benchmark's sampling {self.cpu_sampler:.1f},"
+                 f" rest of the machine {self.cpu_other:.1f}")
+        if by_process:
+            text += "; by process: " + ", ".join(f"{n} {v:.1f}" for n, v in self.cpu_by_process[:8])
+        return text + (BUSY_WARNING if self.machine_busy else "")
+
+
+def _cpu_seconds(p: psutil.Process) -> float:
+    return float(sum(p.cpu_times()[:2]))
+
+
+def run_measured(side: str, cmd: list[str], *, env: dict[str, str] | None = None, database: str = "",
+                 outside: psutil.Process | None = None) -> tuple[dict[str, Any], Usage]:
+    """Run one side's subprocess to its end while sampling its process tree; return its figures and usage.
+
+    `database`: the name shared by the databases the run uses, whose backends count as its Postgres CPU.
+    `outside`: a process the side uses but did not start (an emulator): its CPU is counted apart, not as the
+    rest of the machine's. Ray processes the run left behind are stopped.
+    """
+    outside0 = _cpu_seconds(outside) if outside else 0.0
+    t0, cpu0, own0 = time.perf_counter(), busy_cpu(), _cpu_seconds(psutil.Process())
+    proc = start_child(cmd, env=env)
+    sampler = MemorySampler(proc.pid, database=database)
+    sampler.start()
+    out, err = proc.communicate()
+    sampler.stop()
+    wall, busy = time.perf_counter() - t0, busy_cpu() - cpu0
+    own = _cpu_seconds(psutil.Process()) - own0
+    cpu_outside = _cpu_seconds(outside) - outside0 if outside else 0.0
+    reap(sampler)
+    result = child_result(side, proc, out, err)
+    cpu_run, cpu_pg = sum(sampler.cpu.values()), sum(sampler.postgres_cpu.values())
+    usage = Usage(wall, sampler.peak_mib, sampler.measure, len(sampler.pids_seen), sorted(sampler.outside_names),
+                  sampler.peak_breakdown, cpu_run, cpu_pg, max(0.0, busy - cpu_run - cpu_pg - cpu_outside - own), own,
+                  cpu_by_label(sampler), cpu_outside)
+    return result, usage
+
+
+class _Run(Protocol):
+    seconds: float
+    usage: Usage
+
+
+R = TypeVar("R", bound=_Run)
+
+
+def fastest(kept: R, new: R, *, quiet_first: bool = False) -> R:
+    """Of two runs of one side, return the faster (with `quiet_first`, a run the rest of the machine left
+    alone before a busy one), given the higher peak memory of the two."""
+    peak = max(new.usage.peak_mib, kept.usage.peak_mib)
+    if quiet_first:
+        best = new if (new.usage.machine_busy, new.seconds) < (kept.usage.machine_busy, kept.seconds) else kept
+    else:
+        best = new if new.seconds < kept.seconds else kept
+    best.usage.peak_mib = peak
+    return best
+
+
+def sync_timed(text: str, *, db_url: str, settings: Any, warm: bool) -> tuple[Any, float]:
+    """In a side's subprocess: run one sync of spec `text` with the engine and return its result and seconds.
+
+    The engine starts a local Ray inside the clock; with `warm` it is started before the clock, as a
+    long-lived Ray would be. Ray is shut down afterwards.
+    """
+    import ray
+
+    from engine.db import Database
+    from engine.driver import run_sync
+    from engine.raytime import ensure_ray
+    from engine.specload import parse_spec
+
+    if warm:
+        ensure_ray(None)
+    t0 = time.perf_counter()
+    result = run_sync(parse_spec(text), text, db=Database(db_url), settings=settings)
+    seconds = time.perf_counter() - t0
+    ray.shutdown()
+    return result, seconds
+
+
+def dlt_steps(pipeline: Any) -> dict[str, float]:
+    """The seconds of each step of a dlt pipeline's last run (extract, normalize, load), from its trace."""
+    trace = pipeline.last_trace
+    if not trace:
+        return {}
+    return {s.step: round((s.finished_at - s.started_at).total_seconds(), 2) for s in trace.steps
+            if s.finished_at is not None}
+
+
+# -- Postgres ---------------------------------------------------------------------------------------
 
 
 def admin_database(explicit: str | None) -> tuple[str, Any]:
@@ -247,31 +460,66 @@ def admin_database(explicit: str | None) -> tuple[str, Any]:
 
 
 @contextmanager
-def fresh_database(admin_url: str, *, prefix: str = "ipai_bench") -> Iterator[tuple[str, str]]:
-    """Create an empty database for one run and yield (name, url); drop it afterwards.
+def database(admin_url: str, name: str, *, create: bool = True, keep: bool = False,
+             template: str | None = None) -> Iterator[str]:
+    """Create database `name` (unless `create` is false) and yield its URL; drop it afterwards unless `keep`.
 
-    A `CHECKPOINT` first (when allowed), so that one run does not pay for flushing the previous run's WAL.
+    `template`: make it a copy of that database, file by file (the default strategy, WAL_LOG, would write the
+    whole copy to the WAL). A `CHECKPOINT` first (when allowed), so that one run does not pay for flushing
+    the previous run's WAL.
     """
     import psycopg
 
     from engine.db import with_database
 
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
+        if create:
+            copy = f' template "{template}" strategy file_copy' if template else ""
+            conn.execute(f'create database "{name}"{copy}')  # type: ignore[arg-type]
         try:
             conn.execute("checkpoint")
         except psycopg.Error:
             pass  # not a superuser: the runs may then share some checkpoint work
     try:
-        yield name, with_database(admin_url, name)
+        yield with_database(admin_url, name)
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+        if create and not keep:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'drop database if exists "{name}" with (force)')  # type: ignore[arg-type]
+
+
+@contextmanager
+def fresh_database(admin_url: str, *, prefix: str = "ipai_bench") -> Iterator[tuple[str, str]]:
+    """Create an empty database for one run and yield (name, url); drop it afterwards (see `database`)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with database(admin_url, name) as url:
+        yield name, url
+
+
+def describe_server(admin_url: str, server: Any) -> str:
+    """The Postgres a benchmark uses, for its header: the URL without its password, and whether it is embedded."""
+    from engine.spec import redact_url
+
+    return f"{redact_url(admin_url)}{' (embedded)' if server else ''}"
+
+
+def delta_rows(path: Path) -> int:
+    """Return the rows a Delta table holds, from the counts in its log (no data read)."""
+    from deltalake import DeltaTable
+
+    actions = DeltaTable(str(path)).get_add_actions(flatten=True)
+    return sum(v or 0 for v in actions.column("num_records").to_pylist())
 
 
 def verdict(ok: bool | None) -> str:
     return "SKIP" if ok is None else "PASS" if ok else "FAIL"
+
+
+def measure_note(measures: set[str]) -> str:
+    """Say what the peak memory sums, given the `Usage.measure` of every run."""
+    if measures == {"pss"}:
+        return "PSS (proportional set size: shared pages split between the processes mapping them)"
+    return "RSS (PSS unavailable here; shared pages counted once per process)"
 
 
 def write_results(name: str, intro: str, report: str, note: str, checks: list[tuple[bool | None, str]],
@@ -287,4 +535,20 @@ def write_results(name: str, intro: str, report: str, note: str, checks: list[tu
         + "\n\nDetails:\n\n" + "\n".join(f"- {d}" for d in details) + "\n",
         encoding="utf-8",
     )
+    return path
+
+
+def print_and_write(name: str, *, intro: str, report: str, note: str, checks: list[tuple[bool | None, str]],
+                    details: list[str], printed_note: str | None = None, minutes: float | None = None) -> Path:
+    """Print the table, its note and the verdicts; write them with the details (`write_results`); print where.
+
+    `printed_note`: a note for the terminal other than the file's. `minutes`: the invocation's length, said
+    after the path.
+    """
+    print("\n" + report + "\n\n" + (note if printed_note is None else printed_note))
+    for ok, text in checks:
+        print(f"{verdict(ok)}  {text}")
+    path = write_results(name, intro, report, note, checks, details)
+    length = f" ({minutes:.1f} minutes in all)" if minutes is not None else ""
+    print(f"\nwritten to {path.relative_to(ROOT)}{length}")
     return path
