@@ -20,7 +20,7 @@ import psycopg
 import ray
 
 from connectors import connector_for
-from engine import control, state
+from engine import control, state, webhooks
 from engine.config import Settings
 from engine.db import Database, migrate
 from engine.errors import (
@@ -180,6 +180,7 @@ class _Run:
         self.store = VaultSecretStore(db.url, run_id, str(tenant[0]) if tenant else "",
                                       key=db.session.get("ipai.vault_key") or vault_key(settings.home))
         self.secrets: dict[str, str] = {}
+        self.hooks: tuple[webhooks.Target, ...] = ()
         self.redact = Redactor(())
         self.deferred: SourceDeferred | None = None
         self.notes: dict[Partition, dict[str, dict[str, str]]] = {}
@@ -194,8 +195,11 @@ class _Run:
         try:
             self.log("info", "run.started", f"run of {self.spec.name} ({self.spec.source_type}) started",
                      full_refresh=self.options.full_refresh, trigger=self.options.trigger)
-            self.secrets = resolve_secrets(self.spec, self.store)
-            self.redact = Redactor.of(self.secrets.values())
+            # Signing keys first, so a run that fails on a source secret is still announced; readers get
+            # only the source's secrets.
+            self.hooks = webhooks.prepare(self.spec, self.store)
+            self.secrets = resolve_secrets(self.spec.model_copy(update={"webhooks": ()}), self.store)
+            self.redact = Redactor.of([*self.secrets.values(), *(h.key for h in self.hooks)])
             if connector_for(self.spec).plans_with_ray:
                 self._connect_ray()
             self._plan()
@@ -216,7 +220,9 @@ class _Run:
                                metrics=self.metrics)
             self.log("info", "run.succeeded", f"{self.progress.rows} rows in {self.timings['total_s']} s",
                      rows=self.progress.rows, rows_by_stream=self.progress.rows_by_stream)
-            return self._result("succeeded", t0)
+            result = self._result("succeeded", t0)
+            self._announce()
+            return result
         except KeyboardInterrupt:
             self._drain_writes()
             msg = "cancelled by the user; committed partitions stay committed and the next run resumes"
@@ -267,6 +273,7 @@ class _Run:
                            metrics=self.metrics,
                            deferred_until=exc.until)
         self.log("warning", "run.deferred", msg, until=exc.until)
+        self._announce()
         raise RunDeferred(f"run {self.run_id} {msg}; run it again after that time to resume",
                           run_id=self.run_id, until=exc.until)
 
@@ -659,10 +666,16 @@ class _Run:
             control.finish_run(self.conn, self.run_id, status=status, error=message, timings=self.timings,
                                metrics=self.metrics)
             self.log("error" if status == "failed" else "warning", f"run.{status}", message)
+            self._announce()
         except LeaseLost:
             pass  # another process closed the run after our heartbeat lapsed; its verdict stands
         except psycopg.Error:
             pass  # the control plane itself is gone; the lease will expire and mark the run failed
+
+    def _announce(self) -> None:
+        """Tell the spec's webhooks how the run ended, once its row is final: no delivery can change it."""
+        if self.hooks:
+            webhooks.announce(self.conn, self.hooks, spec=self.spec, run_id=self.run_id, redact=self.redact)
 
     def _result(self, status: str, t0: float) -> RunResult:
         tables = [

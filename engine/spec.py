@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,6 +20,7 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
 CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
                "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
 SyncMode = Literal["full", "incremental", "cdc"]
+WebhookEvent = Literal["succeeded", "failed", "deferred", "cancelled"]
 
 
 class SpecModel(BaseModel):
@@ -176,6 +178,42 @@ class Tuning(SpecModel):
     """Times Ray retries a read task whose worker died or that raised a transient error."""
 
 
+class Webhook(SpecModel):
+    """A URL told when a run ends (an n8n Webhook node, or any HTTPS endpoint): a JSON POST signed with
+    HMAC-SHA256, retried with backoff, every attempt recorded (`engine/webhooks.py` documents the payload)."""
+
+    url: str
+    """`https://` endpoint; plain `http://` only to loopback in dev mode (IPAI_DEV_MODE=1). No credentials in
+    it: receivers authenticate a delivery by its signature."""
+    signing_secret: SecretRef
+    """Key of the `X-IPAI-Signature` header (`sha256=` + hex HMAC-SHA256 of the raw body), by reference."""
+    events: tuple[WebhookEvent, ...] = ("succeeded", "failed")
+    """Run endings that fire it: succeeded, failed, deferred (a source quota parked the run), cancelled."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        # `parts.port` raises ValueError itself for a port that is not a number in 0..65535.
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.port == 0:
+            raise ValueError("the URL must be https://HOST/... (http:// only to loopback in dev mode)")
+        if parts.username is not None or parts.password is not None:
+            # Stored whole in the control plane and shown in pull requests: no credentials in a spec.
+            raise ValueError("the URL carries credentials (user:password@); remove them: receivers check "
+                             "the X-IPAI-Signature header instead")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _some_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one event (succeeded, failed, deferred, cancelled)")
+        twice = repeated(value)
+        if twice:
+            raise ValueError(f"event listed more than once: {', '.join(twice)}")
+        return value
+
+
 class ConnectorSpec(SpecModel):
     """Fields every connector spec shares; each connector narrows `source_type` and `source`."""
 
@@ -200,6 +238,8 @@ class ConnectorSpec(SpecModel):
     extractions are merged into `silver/<name>_<stream>` (Delta) and `silver."<name>_<stream>"`
     (Postgres): one row per primary key, the latest version, deletes as `_ipai_deleted`."""
     tuning: Tuning = Tuning()
+    webhooks: tuple[Webhook, ...] = ()
+    """URLs to POST a signed summary to when a run ends (n8n and the like); none by default."""
 
     @field_validator("schedule")
     @classmethod

@@ -141,6 +141,23 @@ def test_egress_allows_loopback_http_only_in_dev_mode() -> None:
         EgressPolicy(allow_loopback=True).check_url("http://10.1.1.1/x")
 
 
+def test_egress_allows_what_an_operator_lists_and_never_metadata(monkeypatch) -> None:
+    monkeypatch.setenv("IPAI_EGRESS_ALLOW", "n8n.internal, .corp.example, 10.20.0.0/16, 169.254.0.0/16")
+    policy = EgressPolicy.from_environment()
+    policy.check_url("http://n8n.internal:5678/webhook/abc")  # a self-hosted receiver, plain HTTP
+    policy.check_url("http://odoo.corp.example/jsonrpc")
+    policy.check_url("http://10.20.3.4/x")
+    policy.check_address("10.20.3.4")
+    with pytest.raises(EgressRefused, match="private"):
+        policy.check_url("https://10.21.0.1/x")  # outside the listed network
+    with pytest.raises(EgressRefused, match="not https"):
+        policy.check_url("http://api.example.com/x")  # not listed: the default rules
+    with pytest.raises(EgressRefused, match="link-local"):
+        policy.check_url("http://169.254.169.254/latest/meta-data")  # listed, and still refused
+    with pytest.raises(EgressRefused, match="IPAI_EGRESS_ALLOW"):
+        EgressPolicy().check_url("https://10.20.3.4/x")  # the refusal says how an operator allows it
+
+
 def test_error_table_defaults_and_overrides() -> None:
     exhausted = classify(DEFAULT_RULES, 403, {"x-ratelimit-remaining": "0"}, '{"message":"API rate limit exceeded"}')
     assert exhausted is not None and exhausted.action == "rate_limited"
