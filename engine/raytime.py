@@ -12,6 +12,7 @@ import ray
 
 from engine.faults import FaultPlan, crash_point
 from engine.protocol import Partition, ReadContext, Stream
+from layers.postgres import describe_error
 from layers.silver import Merge, SilverResult, SilverTarget, merge_extractions
 
 
@@ -80,4 +81,4 @@ def merge_silver(target: SilverTarget, merges: list[Merge], run_id: str) -> Silv
     try:
         return merge_extractions(target, merges, run_id=run_id)
     except Exception as exc:  # noqa: BLE001 - re-raised as a picklable error naming the table
-        raise SilverMergeError(f"{type(exc).__name__}: {exc}") from None
+        raise SilverMergeError(f"{type(exc).__name__}: {describe_error(exc)}") from None

@@ -53,13 +53,7 @@ class PostgresBronzeTable:
                 cur.execute("select to_regnamespace($1) is null", (quote_ident(self.schema),))
                 if cur.fetchone()[0]:
                     cur.execute(f"create schema {quote_ident(self.schema)}")
-                # Where the control plane's migrations made the bronze owner role, load as it: tables then
-                # belong to one role whoever runs the sync (a worker, the CLI), and any of them can alter them.
-                cur.execute(
-                    "select coalesce((select pg_has_role(oid, 'MEMBER') and has_schema_privilege(oid, $1, 'CREATE')"
-                    " from pg_roles where rolname = 'ipai_bronze'), false)", (self.schema,))
-                if cur.fetchone()[0]:
-                    cur.execute("set role ipai_bronze")
+                load_as_layer_owner(cur, self.schema)
                 cur.execute(
                     f"create table if not exists {quote_ident(self.schema)}.{LEDGER} ("
                     " table_name text not null, commit_id text not null, rows bigint not null,"
@@ -275,6 +269,28 @@ def _batches(table: pa.Table, types: dict[str, pa.DataType], where: str,
 
     batches = (convert(b) for b in table.to_batches(max_chunksize=COPY_BATCH_ROWS))
     return pa.RecordBatchReader.from_batches(schema, batches)
+
+
+def load_as_layer_owner(cur: Any, schema: str) -> None:
+    """Where the control plane's migrations made the layers' owner role (`ipai_bronze`, owner of the bronze and
+    silver schemas), act as it for the rest of the session: tables then belong to one role whoever runs the
+    sync (a worker, the CLI), and any of them can alter them."""
+    cur.execute(
+        "select coalesce((select pg_has_role(oid, 'MEMBER') and has_schema_privilege(oid, $1, 'CREATE')"
+        " from pg_roles where rolname = 'ipai_bronze'), false)", (schema,))
+    if cur.fetchone()[0]:
+        cur.execute("set role ipai_bronze")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error from ADBC or the database: Postgres's own message (ADBC's text ends with the
+    SQLSTATE on a line of its own, which is all a first- or last-line summary would keep)."""
+    details = dict(getattr(exc, "details", None) or ())
+    primary = details.get(b"PG_DIAG_MESSAGE_PRIMARY")
+    if isinstance(primary, bytes):
+        state = getattr(exc, "sqlstate", None)
+        return primary.decode(errors="replace") + (f" (SQLSTATE {state})" if state else "")
+    return " ".join(str(exc).split())
 
 
 def _as_uuid(column: pa.Array) -> pa.Array:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from layers.evolve import Quarantined
-from layers.postgres import ingest
+from layers.postgres import ingest, load_as_layer_owner
 from layers.silver_postgres import ensure_schema
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def write_quarantine(target: SilverTarget, quarantined: Quarantined, *, run_id: 
     if target.postgres_url:
         with adbc.connect(target.postgres_url) as conn, conn.cursor() as cur:
             ensure_schema(cur, target.bronze_postgres_schema)
+            load_as_layer_owner(cur, target.bronze_postgres_schema)  # as bronze's own writer does
             # Bronze may have made the table first (its rows have no key columns): `ingest` adds what is missing.
             ingest(cur, target.bronze_postgres_schema, quarantine_table(target), rows)
             conn.commit()

@@ -11,7 +11,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from layers.postgres import _pg_type, _postgres_ready, quote_ident
+from layers.postgres import _pg_type, _postgres_ready, load_as_layer_owner, quote_ident
 from layers.silver_sql import assignments, newer_sql
 
 STAGE = "_ipai_silver_in"
@@ -36,7 +36,16 @@ class PostgresSilverTable:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = adbc.connect(self.url)
+            conn = adbc.connect(self.url)
+            try:
+                with conn.cursor() as cur:
+                    ensure_schema(cur, self.schema_name)
+                    load_as_layer_owner(cur, self.schema_name)  # a worker's role may not create tables itself
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def close(self) -> None:
@@ -68,7 +77,6 @@ class PostgresSilverTable:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                ensure_schema(cur, self.schema_name)
                 cur.execute("select pg_advisory_xact_lock(hashtext($1))", (self.name,))
                 # The merge hash-joins the chunk against the table's key range: with the default 4 MB it spills
                 # into dozens of batches and lands updates out of key order (measured 20 s -> 12 s on 1M rows).
@@ -169,7 +177,14 @@ def ensure_schema(cur: Any, schema: str) -> None:
     cur.execute("select to_regnamespace($1) is null", (quote_ident(schema),))
     if cur.fetchone()[0]:
         cur.execute("select pg_advisory_xact_lock(hashtext('ipai schema setup'))")
-        cur.execute(f"create schema if not exists {quote_ident(schema)}")
+        try:
+            cur.execute(f"create schema if not exists {quote_ident(schema)}")
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "42501":
+                raise
+            raise PermissionError(f"schema {schema} does not exist and this database role may not create it: "
+                                  "run `ipai db migrate` (it makes the silver schema) or create it as the "
+                                  "database owner, owned by ipai_bronze") from None
 
 
 def _decimal(t: pa.DataType) -> str:
