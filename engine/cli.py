@@ -124,19 +124,24 @@ def submit(
                                        "or start it in the background and print its run id.")] = False,
     full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Ignore stored cursors and unfinished "
                                                "extractions; re-read everything.")] = False,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address "
-                       "(default: RAY_ADDRESS, else a local Ray).", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address, or a head's dashboard "
+                       "(http://HEAD:8265) to submit the run as a Ray job (default: RAY_ADDRESS, else a local Ray).",
+                       show_default=False)] = None,
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Start the Ray dashboard with a local Ray.")] = False,
     database_url: DatabaseOpt = None,
     lakehouse: LakehouseOpt = None,
     attach_run: Annotated[str | None, typer.Option("--attach-run", hidden=True)] = None,
 ) -> None:
     """Run a sync of SPEC: plan partitions, read them in parallel on Ray, land bronze in Delta and Postgres."""
+    from engine import rayjobs
     from engine.driver import RunOptions, prepare_run
 
     spec, text = _load(spec_file)
     settings = _settings(database_url, lakehouse, address)
     options = RunOptions(full_refresh=full_refresh, dashboard=dashboard)
+    if attach_run is None and rayjobs.is_jobs_address(settings.ray_address):
+        _submit_ray_job(spec_file, spec, text, settings, options, wait=wait)
+        return
     with _database(settings, quiet=attach_run is not None) as db:
         if attach_run:
             instance_id = str(control.get_run(db.connect(), attach_run)["instance_id"])
@@ -147,6 +152,10 @@ def submit(
         except RunConflict as exc:
             err.print(f"[red]refused:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
+        job_id = rayjobs.current_job_id()
+        if job_id:  # submitted straight through the Jobs API (an agent's POST /api/jobs/): say which job runs it
+            with db.connect() as conn:
+                control.set_ray_job(conn, run_id, job_id)
         if wait:
             _execute(spec, db, settings, options, instance_id, run_id, show=True)
             return
@@ -231,6 +240,111 @@ def _start_background(spec_file: Path, settings: Settings, run_id: str, db: Data
     err.print(f"[yellow]warning:[/yellow] the background run has not reported yet; see {log_dir / run_id}.log")
 
 
+def _submit_ray_job(spec_file: Path, spec: ConnectorSpec, text: str, settings: Settings, options: Any, *,
+                    wait: bool) -> None:
+    """Record the run, then submit its driver as a Ray job to the head's dashboard; with `wait`, follow the job
+    and exit as a local run would."""
+    from dataclasses import replace
+
+    from engine import rayjobs
+    from engine.driver import prepare_run
+    from engine.secrets import secret_refs
+
+    address = str(settings.ray_address)
+    rayjobs.job_env(settings)  # refuse a secret in the job's environment before anything is recorded
+    jobs = rayjobs.Jobs(address)  # and an unreachable head or a missing token
+    warning = rayjobs.lakehouse_warning(settings, address)
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    with _database(settings) as db:
+        if next(secret_refs(spec), None) and db.session.get("ipai.vault_key"):
+            err.print("[dim]the spec reads Vault secrets: the cluster hosts need the same Vault key "
+                      "(IPAI_VAULT_KEY in Ray's environment, or ~/.ipai/vault.key)[/dim]", highlight=False)
+        try:
+            _, run_id = prepare_run(spec, text, db=db,
+                                    options=replace(options, lease_seconds=rayjobs.JOB_START_LEASE_S))
+        except RunConflict as exc:
+            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        job_id = rayjobs.submission_id(run_id)
+        with db.connect() as conn:
+            control.set_ray_job(conn, run_id, job_id, holder=f"ray job {job_id}")
+        try:
+            jobs.submit(spec_file, run_id=run_id, settings=settings, full_refresh=options.full_refresh,
+                        metadata={"ipai_run_id": run_id, "ipai_instance": f"{spec.name} ({spec.env})"})
+        except IpaiError as exc:
+            _close_job_run(db, run_id, f"the Ray job could not be submitted: {exc}")
+            raise
+        out.print(f"run {run_id} submitted as Ray job {job_id} to {address} for {spec.name} ({spec.env})",
+                  highlight=False, soft_wrap=True)
+        if not wait:
+            out.print(f"follow it with: ipai runs   |   ipai logs {run_id}   |   "
+                      f"ray job logs --address {address} --follow {job_id}", highlight=False, soft_wrap=True)
+            return
+        _follow_ray_job(jobs, job_id, run_id, db)
+
+
+def _follow_ray_job(jobs: Any, job_id: str, run_id: str, db: Database) -> None:
+    """Show the job's status and logs until it ends; exit 0, 1, 75 or 130 by the run's outcome."""
+    from engine.rayjobs import summary as rayjobs_summary
+
+    def on_logs(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def on_status(status: str) -> None:
+        err.print(f"[dim]ray job {job_id}: {status}[/dim]", highlight=False, soft_wrap=True)
+
+    try:
+        outcome = jobs.follow(job_id, on_logs=on_logs, on_status=on_status)
+    except KeyboardInterrupt:
+        err.print("stopping the Ray job; committed partitions stay committed ...", highlight=False)
+        jobs.stop(job_id)
+        try:
+            outcome = jobs.follow(job_id, on_logs=on_logs, on_status=on_status)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+    with db.connect() as conn:
+        run = control.get_run(conn, run_id)
+    if run["status"] == "running":
+        # The job ended without its driver closing the run: it never started (runtime environment, `python`
+        # not found on the head) or was killed. Said now rather than when the long start lease runs out.
+        _close_job_run(db, run_id, rayjobs_summary(job_id, outcome))
+        with db.connect() as conn:
+            run = control.get_run(conn, run_id)
+    status = run["status"]
+    if status == "succeeded":
+        seconds = (run["ended_at"] - run["started_at"]).total_seconds() if run["ended_at"] else 0.0
+        rate = run["rows_processed"] / seconds if seconds else 0
+        out.print(f"[green]run {run_id} succeeded[/green] on Ray job {job_id}: {run['rows_processed']:,} rows in "
+                  f"{seconds:.1f} s ({rate:,.0f} rows/s)", highlight=False, soft_wrap=True)
+        for stream, rows in sorted((run["rows_by_stream"] or {}).items()):
+            out.print(f"  {stream}: {rows:,} rows this run", highlight=False)
+        out.print(f"  Postgres URL: {db.display_url}", highlight=False, soft_wrap=True)
+        return
+    message = f"run {run_id} {'failed: ' if status == 'failed' else ''}{run['error'] or status}"
+    if status == "deferred":
+        err.print(f"[yellow]deferred:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(75)
+    if status == "cancelled":
+        err.print(f"[yellow]cancelled:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _close_job_run(db: Database, run_id: str, error: str) -> None:
+    """Mark a job-submitted run failed whose driver never took it over."""
+    from engine.errors import LeaseLost
+
+    with db.connect() as conn:
+        try:
+            control.finish_run(conn, run_id, status="failed", error=error)
+            control.log(conn, run_id, "error", "run.failed", error)
+        except LeaseLost:
+            pass  # the driver (or a reaper) closed it after all; its verdict stands
+
+
 # -- runs, logs, state ----------------------------------------------------------------------------------
 
 
@@ -249,20 +363,24 @@ def runs(
         for r in rows:
             out.print(json.dumps({k: r[k] for k in ("id", "instance_name", "env", "status", "started_at", "ended_at",
                                                     "rows_processed", "partitions_done", "partitions_total",
-                                                    "error", "metrics")}, default=str), highlight=False, soft_wrap=True)
+                                                    "error", "metrics", "ray_job_id")}, default=str), highlight=False, soft_wrap=True)
         return
     if not rows:
         out.print("no runs yet: start one with `ipai submit SPEC --wait`")
         return
     table = Table()
-    for col in ("run", "instance", "status", "started", "seconds", "rows", "partitions", "error"):
+    # The Ray job column only when a listed run ran as one: most runs are local, and the table is wide already.
+    jobs = any(r["ray_job_id"] for r in rows)
+    for col in ("run", "instance", "status", "started", "seconds", "rows", "partitions", "error",
+                *(("ray job",) if jobs else ())):
         table.add_column(col, overflow="fold")
     for r in rows:
         seconds = (r["ended_at"] - r["started_at"]).total_seconds() if r["ended_at"] and r["started_at"] else None
         table.add_row(str(r["id"]), f"{r['instance_name']} ({r['env']})", r["status"],
                       r["started_at"].strftime("%Y-%m-%d %H:%M:%S") if r["started_at"] else "-",
                       f"{seconds:.1f}" if seconds is not None else "-", f"{r['rows_processed']:,}",
-                      f"{r['partitions_done']}/{r['partitions_total']}", (r["error"] or "")[:80])
+                      f"{r['partitions_done']}/{r['partitions_total']}", (r["error"] or "")[:80],
+                      *((r["ray_job_id"] or "-",) if jobs else ()))
     out.print(table)
 
 
@@ -698,6 +816,8 @@ from engine.cli_gold import gold_app  # noqa: E402  (it reuses this module's hel
 app.add_typer(gold_app, name="gold")
 from engine.cli_silver import silver_app  # noqa: E402  (it reuses this module's helpers)
 app.add_typer(silver_app, name="silver")
+from engine.cli_pipeline import pipeline_app  # noqa: E402  (it reuses this module's helpers)
+app.add_typer(pipeline_app, name="pipeline")
 from engine.cli_mcp import mcp_command, token_app  # noqa: E402  (it reuses this module's helpers)
 app.command("mcp")(mcp_command)
 app.add_typer(token_app, name="token")

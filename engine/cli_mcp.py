@@ -47,20 +47,22 @@ def mcp_command(
     host: Annotated[str, typer.Option(help="HTTP: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP: port.")] = 8765,
     workers: Annotated[int, typer.Option(help="Local `ipai worker` processes to run queued runs while the "
-                                         "server is up; 0 when workers already serve the queue.")] = 1,
+                                         "server is up; 0 when workers already serve the queue (pipelines "
+                                         "then start none either).")] = 1,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address for those workers "
                        "(default: RAY_ADDRESS, else a local Ray).", show_default=False)] = None,
     database_url: DatabaseOpt = None,
     lakehouse: LakehouseOpt = None,
 ) -> None:
     """Serve the platform's tools to agents over MCP: connector_list, connector_validate, connector_create,
-    connector_run, connector_status, connector_logs (the PRD's connector:list ...)."""
+    connector_run, connector_status, connector_logs (the PRD's connector:list ...), pipeline_validate,
+    pipeline_run, pipeline_status."""
     settings = _settings(database_url, lakehouse, address)
     server = load_server()
     with _workers(settings, workers):
         if http:
             err.print(f"MCP over HTTP at http://{host}:{port}/mcp (Authorization: Bearer <token>)", highlight=False)
-        server.serve(settings, http=http, host=host, port=port)
+        server.serve(settings, http=http, host=host, port=port, pipeline_workers=workers > 0)
 
 
 @contextmanager

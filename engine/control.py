@@ -66,6 +66,12 @@ def start_run(
     return str(row[0])
 
 
+def set_ray_job(conn: psycopg.Connection[Any], run_id: str, job_id: str, *, holder: str | None = None) -> None:
+    """Record the Ray job that runs the run (and, when given, name it as the run's holder for lease messages)."""
+    conn.execute("update connector_runs set ray_job_id = %s, worker_id = coalesce(%s, worker_id) where id = %s",
+                 (job_id, holder, run_id))
+
+
 def update_progress(
     conn: psycopg.Connection[Any], run_id: str, *, rows: int, partitions_done: int, partitions_total: int,
     rows_by_stream: dict[str, int], lease_seconds: float = 120.0,

@@ -47,18 +47,7 @@ def parse_spec(text: str, *, filename: str = "<spec>") -> ConnectorSpec:
     """Validate spec `text`; raise `SpecError` listing every problem with its position."""
     from connectors import CONNECTORS
 
-    try:
-        data = YAML(typ="rt").load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        issue = SpecIssue(filename, line, col, "", f"invalid YAML: {problem}")
-        raise SpecError(str(issue), issues=[issue]) from None
-    if not isinstance(data, CommentedMap):
-        issue = SpecIssue(filename, 1, 1, "", "a spec must be a mapping of fields (name, source_type, ...)")
-        raise SpecError(str(issue), issues=[issue])
-
+    data = read_mapping(text, filename, "a spec must be a mapping of fields (name, source_type, ...)")
     source_type = data.get("source_type")
     if source_type not in CONNECTORS:
         known = ", ".join(sorted(CONNECTORS))
@@ -74,6 +63,23 @@ def parse_spec(text: str, *, filename: str = "<spec>") -> ConnectorSpec:
         issues = sorted((_issue(filename, data, err) for err in exc.errors(include_url=False)),
                         key=lambda i: (i.line, i.column))
         raise SpecError("\n".join(str(i) for i in issues), issues=issues) from None
+
+
+def read_mapping(text: str, filename: str, not_a_mapping: str) -> CommentedMap:
+    """Load YAML `text` keeping positions; raise `SpecError` at the syntax error's line and column, or with
+    `not_a_mapping` when the document is not a mapping."""
+    try:
+        data = YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        issue = SpecIssue(filename, line, col, "", f"invalid YAML: {problem}")
+        raise SpecError(str(issue), issues=[issue]) from None
+    if not isinstance(data, CommentedMap):
+        issue = SpecIssue(filename, 1, 1, "", not_a_mapping)
+        raise SpecError(str(issue), issues=[issue])
+    return data
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -24,6 +24,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,6 +38,8 @@ from engine import control, tokens
 from engine.config import Settings
 from engine.db import Database, migrate, open_database
 from engine.errors import ConfigError, DatabaseUnreachable, IpaiError, NotFound, RunConflict, SpecError
+from engine.pipeline import Pipeline, load_pipeline, parse_pipeline
+from engine.pipeline_run import check_instances, pipeline_status, start_pipeline
 from engine.secrets import list_secrets, secret_refs, vault_session
 from engine.spec import ConnectorSpec, redact_url
 from engine.specload import parse_spec
@@ -85,8 +88,11 @@ class Platform:
                                   f"`ipai tenant create {settings.tenant}` or unset IPAI_TENANT")
         return cls(settings, db.with_session(vault_session(settings.home)), str(row[0]))
 
+    def database(self, tenant_id: str) -> Database:
+        return self.db.with_session({"ipai.tenant_id": tenant_id})
+
     def connect(self, tenant_id: str) -> psycopg.Connection[Any]:
-        return self.db.with_session({"ipai.tenant_id": tenant_id}).connect()
+        return self.database(tenant_id).connect()
 
     def owner(self, token: str) -> tokens.TokenOwner | None:
         with self.db.connect() as conn:
@@ -108,8 +114,9 @@ class ControlPlaneTokens(TokenVerifier):
                            claims={"tenant_id": owner.tenant_id, "tenant": owner.tenant})
 
 
-def build_server(platform: Platform, *, http: bool) -> FastMCP:
-    """The FastMCP server with every tool; over HTTP, only requests with a valid token get through."""
+def build_server(platform: Platform, *, http: bool, pipeline_workers: bool = True) -> FastMCP:
+    """The FastMCP server with every tool; over HTTP, only requests with a valid token get through.
+    `pipeline_workers`: pipelines start local workers for their parallel steps (false where a fleet serves)."""
     server: FastMCP = FastMCP("ipai", instructions=INSTRUCTIONS, auth=ControlPlaneTokens(platform) if http else None,
                               mask_error_details=True)
 
@@ -206,6 +213,54 @@ def build_server(platform: Platform, *, http: bool) -> FastMCP:
         Page with after=<next_after of the previous answer>; limit is at most 5000."""
         return answer(lambda: rpc("select public.connector_logs(%s, %s, %s)", run_id, after, limit))
 
+    def pipeline_of(text: str | None, path: str | None) -> Pipeline:
+        if (text is None) == (path is None):
+            raise ConfigError("give the pipeline as YAML text (pipeline) or, over stdio, a file path (path)")
+        if path is not None:
+            if http:
+                raise ConfigError("path: files on the server are readable over stdio only; send the pipeline's "
+                                  "YAML text instead")
+            return load_pipeline(path)
+        parsed = parse_pipeline(str(text), "pipeline", base_dir=Path.cwd())
+        if http and any(step.spec is not None for step in parsed.steps):
+            names = ", ".join(f"steps.{s.name}.spec" for s in parsed.steps if s.spec is not None)
+            raise ConfigError(f"{names}: spec steps read files on the server, which HTTP callers may not; "
+                              "register the spec with connector_create and use a run step ({run: NAME})")
+        return parsed
+
+    @server.tool(annotations={"readOnlyHint": True})
+    def pipeline_validate(pipeline_yaml: str | None = None, path: str | None = None) -> dict[str, Any]:
+        """Check a pipeline (a YAML DAG of connector runs and gold refreshes: steps with run/spec/gold and
+        needs) without running it: a cycle, an unknown step or instance, an invalid spec file, each with its path."""
+        def call() -> dict[str, Any]:
+            parsed = pipeline_of(pipeline_yaml, path)
+            with platform.connect(tenant()) as conn:
+                check_instances(conn, parsed)
+            return {"ok": True, "pipeline": parsed.name,
+                    "steps": [{"name": s.name, "target": s.target, "needs": list(s.needs)} for s in parsed.steps]}
+        return answer(call)
+
+    @server.tool
+    def pipeline_run(pipeline_yaml: str | None = None, path: str | None = None) -> dict[str, Any]:
+        """Start a pipeline (PRD FR-040): steps whose needs succeeded run in parallel; a failed step stops the
+        steps that need it. Returns pipeline_run_id at once; follow it with pipeline_status."""
+        def call() -> dict[str, Any]:
+            parsed = pipeline_of(pipeline_yaml, path)
+            db = platform.database(tenant())
+            run_id = start_pipeline(db, platform.settings, parsed, local_workers=pipeline_workers)
+            with db.connect() as conn:
+                return {"ok": True, **pipeline_status(conn, run_id)}
+        return answer(call)
+
+    @server.tool(name="pipeline_status", annotations={"readOnlyHint": True})
+    def pipeline_status_tool(pipeline_run_id: str) -> dict[str, Any]:
+        """A pipeline run: status (queued, running, succeeded, failed), failed_step and error (which step and
+        why), and each step's status, run_id, rows and reason (skipped steps name the step that failed)."""
+        def call() -> dict[str, Any]:
+            with platform.connect(tenant()) as conn:
+                return {"ok": True, **pipeline_status(conn, pipeline_run_id)}
+        return answer(call)
+
     return server
 
 
@@ -249,10 +304,11 @@ def _spec_errors(exc: SpecError) -> list[dict[str, Any]]:
     return [{"path": i.path, "line": i.line, "column": i.column, "message": i.message} for i in exc.issues]
 
 
-def serve(settings: Settings, *, http: bool, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(settings: Settings, *, http: bool, host: str = "127.0.0.1", port: int = 8765,
+          pipeline_workers: bool = True) -> None:
     """Serve until the client closes stdio, or until interrupted over HTTP."""
     platform = Platform.open(settings)
-    server = build_server(platform, http=http)
+    server = build_server(platform, http=http, pipeline_workers=pipeline_workers)
     if http:
         server.run(transport="http", host=host, port=port, path="/mcp", show_banner=False)
     else:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
@@ -36,9 +37,16 @@ source:
   customers: 300
   orders: 1500
   partition_rows: 1500
+layers: [bronze, silver]
+"""
+PIPELINE = """\
+pipeline: agent_refresh
+steps:
+  sync: {run: mcp_stdio}
+  gold: {gold: apply, needs: [sync]}
 """
 TOOLS = {"connector_list", "connector_validate", "connector_create", "connector_run", "connector_status",
-         "connector_logs"}
+         "connector_logs", "pipeline_validate", "pipeline_run", "pipeline_status"}
 DONE = ("succeeded", "failed", "deferred", "cancelled")
 
 
@@ -73,6 +81,12 @@ def assert_landed(settings, name: str, run: dict[str, Any], logs: list[dict]) ->
     assert run["status"] == "succeeded", run
     assert run["rows_by_stream"]["orders"] == truth.num_rows
     assert bronze_postgres(settings.database_url, f"raw_{name}_orders").num_rows == truth.num_rows
+    # The worker (connected as ipai_worker) built silver too: one row per order, owned by the layers' role.
+    with psycopg.connect(settings.database_url) as conn:
+        assert conn.execute(f'select count(distinct id), count(*) from silver."{name}_orders"').fetchone() == \
+            (truth.num_rows, truth.num_rows)
+        assert conn.execute("select tableowner from pg_tables where schemaname = 'silver' and tablename = %s",
+                            (f"{name}_orders",)).fetchone() == ("ipai_bronze",)
     events = [entry["event"] for entry in logs]
     assert events[0] == "run.queued" and "run.succeeded" in events, events
 
@@ -105,6 +119,23 @@ def test_stdio_agent_creates_runs_and_follows_a_sync(settings):
             [instance] = listed["instances"]
             assert instance["instance_id"] == created["instance_id"]
             assert instance["last_run"]["status"] == "succeeded"
+
+            cycle = await call(client, "pipeline_validate", pipeline_yaml=PIPELINE.replace("needs: [sync]",
+                                                                                           "needs: [sync, gold]"))
+            assert cycle["error"]["code"] == "invalid_spec" and "cycle gold -> gold" in cycle["error"]["message"]
+            unknown = await call(client, "pipeline_run", pipeline_yaml=PIPELINE.replace("run: mcp_stdio", "run: ghost"))
+            assert unknown["error"]["code"] == "invalid_spec"
+            assert unknown["error"]["details"]["errors"][0]["path"] == "steps.sync.run", unknown
+            started = await call(client, "pipeline_run", pipeline_yaml=PIPELINE)
+            assert started["ok"] and started["status"] in ("running", "succeeded"), started
+            deadline = time.monotonic() + 240
+            while True:
+                status = await call(client, "pipeline_status", pipeline_run_id=started["pipeline_run_id"])
+                if status["status"] not in ("queued", "running") or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert status["status"] == "succeeded", status
+            assert [(s["name"], s["status"]) for s in status["steps"]] == [("sync", "succeeded"), ("gold", "succeeded")]
 
     asyncio.run(agent())
     # The stored definition is the text the agent sent, comments included: it is what a reviewer reads.
@@ -183,6 +214,7 @@ def _wait_listening(port: int, server: subprocess.Popen, log_path: Path) -> None
 
 def test_the_mcp_folder_is_not_the_mcp_package():
     """`ipai mcp` loads mcp/server.py by path; FastMCP still imports the real `mcp` library beside it."""
+    assert not (ROOT / "mcp" / "__init__.py").exists()
     code = ("import engine.cli; from engine.cli_mcp import load_server; import mcp; m = load_server(); "
             "print(mcp.__file__); print(m.__name__)")
     found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
