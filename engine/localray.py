@@ -40,12 +40,19 @@ class LocalHead:
         return cls(data["address"], data["dashboard_url"], data["temp_dir"])
 
     def processes(self) -> list[psutil.Process]:
-        """Return the processes of this head (those naming its temp folder), not of other clusters."""
+        """Return the processes of this head (those naming its temp folder or, like the Ray client server, its
+        GCS address), not of other clusters."""
         found = []
         for p in psutil.process_iter(["cmdline"]):
             try:
-                if any(self.temp_dir in arg for arg in p.info["cmdline"] or ()):
+                if any(self.temp_dir in arg or arg.endswith(self.address) for arg in p.info["cmdline"] or ()):
                     found.append(p)
+            except psutil.Error:
+                continue
+        # The raylet's agents (ray::DashboardAgent, ray::RuntimeEnvAgent) rename themselves: found as children.
+        for p in list(found):
+            try:
+                found.extend(c for c in p.children(recursive=True) if c not in found)
             except psutil.Error:
                 continue
         return found
@@ -69,11 +76,14 @@ def start(home: Path, *, dashboard_port: int = 8265, num_cpus: int | None = None
     temp_dir = Path(tempfile.gettempdir()) / f"ipai-ray-{hashlib.sha1(str(home).encode()).hexdigest()[:10]}"
     temp_dir.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port, agent_port, client_port = _free_port(), _free_port(), _free_port()
     ray_cli = Path(sys.executable).with_name("ray")
     cmd = [str(ray_cli if ray_cli.exists() else shutil.which("ray") or "ray"), "start", "--head",
            f"--port={port}", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
+           # Ray's fixed defaults (52365, 10001) collide with any other Ray on the machine; a head whose
+           # dashboard agent cannot listen refuses every job ("No available agent").
+           f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}",
            f"--num-cpus={num_cpus or os.cpu_count() or 1}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
@@ -90,19 +100,30 @@ def stop(home: Path) -> int:
     if head is None:
         return 0
     procs = head.processes()
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    # The GCS last: a raylet (and its agents) shuts down gracefully by telling the GCS, and waits for it when
+    # the GCS is going too (all at once, they outlived SIGTERM for over 10 s; in this order it takes ~4 s).
+    gcs = [p for p in procs if _name(p) == "gcs_server"]
+    for group in ([p for p in procs if p not in gcs], gcs):
+        for p in group:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(group, timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
     (home / "ray.json").unlink(missing_ok=True)
     return len(procs)
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
 
 
 def _free_port() -> int:

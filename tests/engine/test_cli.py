@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import ray
 
 from engine.db import start_embedded
+from engine.localray import LocalHead
 from engine.driver import RunOptions, prepare_run
 from engine.specload import parse_spec
 from tests.truth import bronze_postgres, source_rows
@@ -213,7 +215,10 @@ def test_local_ray_head_is_reused_by_submit_and_stops_alone(tmp_path, settings):
         assert f"on Ray at {address}" in done.stderr
         assert bronze_postgres(settings.database_url, "raw_head_orders").num_rows > 0
     finally:
+        head = [p.pid for p in LocalHead.read(settings.home).processes()]  # type: ignore[union-attr]
         stopped = ipai("ray", "stop", env=env).stdout
     assert "stopped the local Ray head" in stopped
+    # Every process of that head is gone, the raylet's renamed agents (ray::DashboardAgent ...) included.
+    assert [pid for pid in head if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
     assert ipai("ray", "status", env=env, check=False).returncode == 1
     assert ray.get(ray.remote(lambda: 42).remote()) == 42  # the test session's own Ray is untouched
