@@ -47,6 +47,9 @@ MEMBER = {
     "connector_extractions": ("own", "none", "none",   "none"),
     "connector_state":       ("own", "none", "none",   "none"),
     "connector_run_logs":    ("own", "none", "none",   "none"),
+    "webhook_deliveries":    ("own", "none", "none",   "none"),
+    "pipeline_runs":         ("own", "none", "none",   "none"),
+    "ipai_api_tokens":       ("none", "none", "none",  "none"),
 }
 WORKER = {
     "ipai_tenants":          ("none", "none", "none",   "none"),
@@ -57,6 +60,9 @@ WORKER = {
     "connector_extractions": ("all",  "all",  "all",    "none"),
     "connector_state":       ("all",  "all",  "all",    "none"),
     "connector_run_logs":    ("all",  "all",  "none",   "none"),
+    "webhook_deliveries":    ("all",  "all",  "none",   "none"),
+    "pipeline_runs":         ("none", "none", "none",   "none"),
+    "ipai_api_tokens":       ("none", "none", "none",   "none"),
 }
 NOTHING = {table: ("none", "none", "none", "none") for table in MEMBER}
 
@@ -81,6 +87,14 @@ class Table:
     deletable: str = "true"
     """Which of a tenant's rows a delete aims at (the rest are held by foreign keys, whoever deletes)."""
 
+
+WEBHOOK_DELIVERY = ("insert into webhook_deliveries (run_id, instance_id, delivery_id, url, event, attempt, delivered,"
+                    " duration_ms) values (%(run)s, %(instance)s, gen_random_uuid(), 'https://probe.example', "
+                    "'run.succeeded', 1, true, 1)")
+PIPELINE_RUN = ("insert into pipeline_runs (tenant_id, name, source, base_dir, definition)"
+                " values (%(tenant)s, 'probe', 'probe.yaml', '.', 'pipeline: probe')")
+API_TOKEN = ("insert into ipai_api_tokens (tenant_id, name, token_sha256) values (%(tenant)s,"
+             " 'probe-' || left(gen_random_uuid()::text, 8), encode(sha256(gen_random_uuid()::text::bytea), 'hex'))")
 
 TABLES = {t.name: t for t in (
     Table("ipai_tenants", "insert into ipai_tenants (name) values ('probe_' || left(%(tenant)s::text, 8))",
@@ -109,6 +123,9 @@ TABLES = {t.name: t for t in (
     Table("connector_run_logs",
           "insert into connector_run_logs (run_id, level, event, message) values (%(run)s, 'info', 'probe', 'probe')",
           touch="message = message"),
+    Table("webhook_deliveries", WEBHOOK_DELIVERY, touch="error = error"),
+    Table("pipeline_runs", PIPELINE_RUN, touch="error = error"),
+    Table("ipai_api_tokens", API_TOKEN, touch="name = name"),
 )}
 
 
@@ -172,6 +189,9 @@ def seed_tenant(conn: psycopg.Connection[Any], name: str) -> Tenant:
     for r in (run, active_run):
         conn.execute("insert into connector_run_logs (run_id, level, event, message) values (%s, 'info', 'run.started', 'started')",
                      (r,))
+    ids = {"tenant": tenant, "instance": instance, "run": run}
+    for statement in (WEBHOOK_DELIVERY, PIPELINE_RUN, API_TOKEN):
+        conn.execute(statement, ids)
     return Tenant(tenant, member, definition, instance, run, active_run)
 
 
