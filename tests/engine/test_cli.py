@@ -160,7 +160,7 @@ def test_db_migrate_is_idempotent(settings):
 
 def test_ctrl_c_cancels_the_run_and_the_next_run_resumes(tmp_path, settings):
     env = env_for(settings)
-    spec_path = write_spec(tmp_path, "slow", delay=700)
+    spec_path = write_spec(tmp_path, "slow", delay=1500)  # wide enough that Ctrl-C lands mid-run on a busy machine
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "submit", str(spec_path), "--wait"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
