@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-import psutil
 import pytest
 
+from engine import localray
 from engine.specload import parse_spec
 from tests.truth import bronze_postgres, source_rows
 
@@ -53,52 +51,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_head(home: Path) -> tuple[str, list[str]]:
-    """Start a Ray head with the dashboard on free ports only; return (dashboard URL, what names its processes).
-
-    Not `engine.localray.start`: that keeps Ray's fixed defaults for the dashboard agent (52365) and the Ray
-    client server (10001), which another Ray on the machine may hold; without its agent a head refuses every
-    job ("No available agent to submit job").
-    """
-    temp_dir = tempfile.mkdtemp(prefix="ipai-rj-")  # short: Ray's socket paths may not pass 107 bytes
-    gcs, dashboard, agent, client = (_free_port() for _ in range(4))
-    ray_cli = Path(sys.executable).with_name("ray")
-    cmd = [str(ray_cli), "start", "--head", f"--port={gcs}", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
-           f"--ray-client-server-port={client}", "--disable-usage-stats", "--num-cpus=2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    # The client server names neither the temp folder nor its own port's owner: it is found by the GCS port.
-    markers = [temp_dir, f":{gcs}"]
-    if proc.returncode != 0:
-        _stop_head(markers)
-        raise AssertionError(f"ray start failed: {proc.stderr[-2000:]}")
-    return f"http://127.0.0.1:{dashboard}", markers
-
-
-def _stop_head(markers: list[str]) -> None:
-    """Stop the processes of our head only (never `ray stop`, which stops every Ray on the machine)."""
-    ours = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            args = p.info["cmdline"] or ()
-            if any(markers[0] in a or a.endswith(markers[1]) for a in args):
-                ours.append(p)
-        except psutil.Error:
-            continue
-    for p in ours:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(ours, timeout=15)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    shutil.rmtree(markers[0], ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     """A Ray head with the dashboard, in token mode, whose token lives under a temp HOME."""
@@ -113,7 +65,8 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         mp.setenv("RAY_AUTH_MODE", "token")
         mp.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         mp.delenv("RAY_ADDRESS", raising=False)
-        url, markers = _start_head(home)
+        # `ipai ray start`'s own head: free ports throughout, its own temp folder, stopped alone.
+        url = localray.start(home / "ipai", dashboard_port=_free_port(), num_cpus=2).dashboard_url
     try:
         ready = Head(home, url, (home / ".ray" / "auth_token").read_text().strip())
         deadline = time.monotonic() + 90
@@ -127,7 +80,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
             time.sleep(0.5)
         yield ready
     finally:
-        _stop_head(markers)
+        localray.stop(home / "ipai")
 
 
 def env_for(settings, head: Head) -> dict[str, str]:
