@@ -10,7 +10,7 @@ each in its own subprocess so its memory is measured on its own:
           same id ranges the spec's partitions cover; every `commit_rows` rows are written with
           `deltalake.write_deltalake(mode="append")` and loaded with ADBC `adbc_ingest(create_append)`
           in one transaction. No Ray, no control plane, no system columns, no idempotency markers.
-  engine  `engine.driver.run_sync` on the equivalent `sample` spec (sync_mode full, all three streams),
+  engine  `engine.run.driver.run_sync` on the equivalent `sample` spec (sync_mode full, all three streams),
           starting its own local Ray, into a fresh database and a fresh lakehouse folder.
 
 `--warm-ray` adds a third run: the engine with Ray started before its clock (as after `ipai ray start`).
@@ -101,8 +101,8 @@ def run_floor(shape: Shape, db_url: str, lakehouse: Path) -> dict[str, Any]:
     from deltalake import write_deltalake
 
     from connectors.sample import streams
-    from engine.protocol import PlanContext
-    from engine.specload import parse_spec
+    from engine.core.protocol import PlanContext
+    from connectors.specload import parse_spec
     from layers.postgres import COPY_BATCH_ROWS
 
     t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def run_floor(shape: Shape, db_url: str, lakehouse: Path) -> dict[str, Any]:
 def run_engine(shape: Shape, db_url: str, lakehouse: Path, home: Path, *, warm: bool = False) -> dict[str, Any]:
     """Run one full sync of the sample spec with the engine, on a local Ray it starts itself (before the
     clock starts when `warm`, as a long-lived Ray would be)."""
-    from engine.config import Settings
+    from engine.controlplane.settings import Settings
 
     settings = Settings(home=home, database_url=db_url, lakehouse_uri=str(lakehouse), ray_address=None)
     result, seconds = sync_timed(shape.spec_text(), db_url=db_url, settings=settings, warm=warm)
@@ -280,7 +280,7 @@ def main() -> None:
 
     sizes = [int(s.replace("_", "")) for s in args.rows_list.split(",")] if args.rows_list else [args.rows]
     admin, server = admin_database(args.database_url)
-    from engine.spec import redact_url
+    from engine.core.spec import redact_url
 
     print(f"postgres: {describe_server(admin, server)}; cpus: {os.cpu_count()};"
           f" partition_rows {args.partition_rows:,}, commit_rows {args.commit_rows:,}; {args.repeat} run(s) of"

@@ -3,7 +3,7 @@
     python benchmarks/bench_http.py                               # 1,000,000 issues; 0 and 100 ms a page
     python benchmarks/bench_http.py --issues 50000 --peer-issues 5000 --peer-issues-latency 2000
 
-For each latency of `--latency-list`, one GitHub emulator process (`tests/emulators/github.py`) serves
+For each latency of `--latency-list`, one GitHub emulator process (`tests/emulators/github/server.py`) serves
 `--repos` repositories of `--issues / --repos` issues each (about one in five a pull request); it adds
 that latency to every request. Then, one after the other (never at once: the machine has two cores),
 each side runs in a subprocess of its own, whose process tree is measured (the emulator is not):
@@ -13,7 +13,7 @@ each side runs in a subprocess of its own, whose process tree is measured (the e
                  append. dlt is slow, so it reads a smaller share: `--peer-issues` issues with no added
                  latency, `--peer-issues-latency` with latency (whole repositories from repo1 on, the
                  last one cut to its first pages with `add_limit`).
-  engine         `engine.driver.run_sync` on a `github` spec reading the `issues` stream of every
+  engine         `engine.run.driver.run_sync` on a `github` spec reading the `issues` stream of every
                  repository (full sync), starting its own local Ray, into a fresh database (bronze
                  Postgres) and a fresh lakehouse folder (bronze Delta).
 
@@ -123,9 +123,9 @@ def run_engine(url: str, share: Share, db_url: str, work: Path, *, pages_per_par
                paced: bool, warm: bool) -> dict[str, Any]:
     """Sync the `issues` stream of `share` with the engine, on a local Ray it starts itself (before the
     clock starts when `warm`)."""
-    from engine.config import Settings
-    from engine.db import Database
-    from engine.secrets import set_secret
+    from engine.controlplane.settings import Settings
+    from engine.controlplane.db import Database
+    from engine.controlplane.vault import set_secret
 
     text = SPEC_TEMPLATE.format(url=url, repos=", ".join(share.repos), per_page=PER_PAGE,
                                 pages_per_partition=pages_per_partition, concurrency=concurrency,

@@ -6,7 +6,7 @@
 
 An orders-like silver table of `--rows` rows (id bigint key, created_at, updated_at as the cursor, status,
 amount decimal(12,2), customer_id, a ~40-byte note; values are deterministic functions of the id) is built
-once per destination, outside every clock, through the engine's own path: `layers.silver.SilverMerger` fed
+once per destination, outside every clock, through the engine's own path: `layers.silver.merge.SilverMerger` fed
 bronze-shaped chunks of `--build-chunk-rows` (the engine's `chunk_rows`), the first written directly, the
 rest merged. Postgres is then vacuumed (freeze, analyze), as autovacuum would have left it.
 
@@ -270,7 +270,7 @@ def copy_ready(rows: pa.Table) -> pa.RecordBatchReader:
 
 
 def silver_target(*, delta_uri: str | None = None, postgres_url: str | None = None) -> Any:
-    from layers.silver import SilverTarget
+    from layers.silver.target import SilverTarget
 
     return SilverTarget(table=TABLE, key=KEY, cursor=CURSOR, bronze_table=f"raw_{TABLE}", delta_uri=delta_uri,
                         postgres_url=postgres_url, postgres_schema=SCHEMA)
@@ -284,7 +284,7 @@ def run_build(orders: Orders, chunk_rows: int, delta_uri: str | None, postgres_u
     """Build the silver table(s) through `SilverMerger`, and write the change chunks for the sides."""
     import pyarrow.parquet as pq
 
-    from layers.silver import SilverMerger
+    from layers.silver.merge import SilverMerger
 
     t0 = time.perf_counter()
     base: dict[str, Any] = {}
@@ -301,7 +301,7 @@ def run_build(orders: Orders, chunk_rows: int, delta_uri: str | None, postgres_u
 
 def run_merge(chunk: pa.Table, *, delta_uri: str | None = None, postgres_url: str | None = None) -> dict[str, Any]:
     """The engine's merge of one chunk into one destination."""
-    from layers.silver import SilverMerger
+    from layers.silver.merge import SilverMerger
 
     run_id = chunk.column("_ipai_run_id")[0].as_py()
     t0 = time.perf_counter()
@@ -315,8 +315,8 @@ def run_delta_rewrite(chunk: pa.Table, uri: str) -> dict[str, Any]:
     import polars as pl
     from deltalake import DeltaTable, write_deltalake
 
-    from layers.evolve import conform
-    from layers.silver import prepare, version_columns
+    from layers.silver.evolve import conform
+    from layers.silver.merge import prepare, version_columns
 
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
@@ -349,10 +349,10 @@ def run_postgres_rewrite(chunk: pa.Table, url: str) -> dict[str, Any]:
     and the chunk, the latest version per key (`distinct on`), add the primary key, swap the tables."""
     import adbc_driver_postgresql.dbapi as adbc
 
-    from layers.evolve import conform
-    from layers.postgres import quote_ident
-    from layers.silver import prepare, version_columns
-    from layers.silver_postgres import PostgresSilverTable
+    from layers.silver.evolve import conform
+    from engine.core.sql import quote_ident
+    from layers.silver.merge import prepare, version_columns
+    from layers.silver.postgres import PostgresSilverTable
 
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
@@ -461,7 +461,7 @@ def build(setup: Setup, args: argparse.Namespace, *, delta: bool, postgres: bool
     """Build the silver table(s) through the engine's merger, outside every clock; vacuum Postgres."""
     import psycopg
 
-    from engine.db import with_database
+    from engine.controlplane.db import with_database
 
     db_url = with_database(setup.admin_url, setup.base_database) if postgres else None
     proc = start_child(side_command("build", setup, delta_uri=str(setup.base_delta) if delta else None, db_url=db_url,
@@ -622,9 +622,9 @@ def explain_merge(url: str, chunk_path: Path) -> str:
     staged as the merge stages it, and `PostgresSilverTable._merge` writes the statement, rolled back."""
     import pyarrow.parquet as pq
 
-    from layers.evolve import conform
-    from layers.silver import prepare, version_columns
-    from layers.silver_postgres import STAGE, PostgresSilverTable
+    from layers.silver.evolve import conform
+    from layers.silver.merge import prepare, version_columns
+    from layers.silver.postgres import STAGE, PostgresSilverTable
 
     pg = PostgresSilverTable(url, SCHEMA, TABLE, KEY)
     try:
@@ -718,7 +718,7 @@ def main() -> None:
     if not 0 < args.changes <= args.rows:
         parser.error("--changes must be between 1 and --rows")
     if args.build_chunk_rows is None:
-        from layers.silver import CHUNK_ROWS
+        from layers.silver.target import CHUNK_ROWS
 
         args.build_chunk_rows = min(CHUNK_ROWS, max(1, args.rows // 20))
 

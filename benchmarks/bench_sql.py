@@ -16,7 +16,7 @@ database and a fresh work folder, and its process tree is measured:
                  engine's bronze (numeric as decimal(12,2), jsonb as text); no system columns, no ledger.
   dlt sql_table  dlt's `sql_table(..., backend="pyarrow")` (SQLAlchemy over psycopg2) into the `filesystem`
                  destination with `table_format="delta"`: Delta only, no Postgres.
-  engine         `engine.driver.run_sync` on a `database` spec (sync_mode full) into bronze Delta and bronze
+  engine         `engine.run.driver.run_sync` on a `database` spec (sync_mode full) into bronze Delta and bronze
                  Postgres, starting its own local Ray.
 
 `--warm-ray` adds `engine, Ray up`: the same with Ray started before its clock (as after `ipai ray start`).
@@ -244,10 +244,10 @@ def run_engine(source_url: str, dest_url: str, work: Path, *, partition_rows: in
     starts when `warm`)."""
     import psycopg
 
-    from engine.config import Settings
-    from engine.db import Database
-    from engine.secrets import set_secret
-    from engine.spec import redact_url
+    from engine.controlplane.settings import Settings
+    from engine.controlplane.db import Database
+    from engine.controlplane.vault import set_secret
+    from engine.core.spec import redact_url
 
     settings = Settings(home=work / "home", database_url=dest_url, lakehouse_uri=str(work / "lakehouse"),
                         ray_address=None)
@@ -323,7 +323,7 @@ class Measured:
 
 def measure(side: str, args: argparse.Namespace, admin_url: str, source: str, src: SourceStats) -> Measured:
     """Run one side in a subprocess against a fresh destination database and work folder."""
-    from engine.db import with_database
+    from engine.controlplane.db import with_database
 
     work = Path(tempfile.mkdtemp(prefix=f"ipai-bench-sql-{side.replace(', ', '-').replace(' ', '-')}-"))
     # Named after the source database, so that the sampler's Postgres CPU (backends whose command line names

@@ -415,10 +415,10 @@ def sync_timed(text: str, *, db_url: str, settings: Any, warm: bool) -> tuple[An
     """
     import ray
 
-    from engine.db import Database
-    from engine.driver import run_sync
-    from engine.raytime import ensure_ray
-    from engine.specload import parse_spec
+    from engine.controlplane.db import Database
+    from engine.run.driver import run_sync
+    from engine.run.raytime import ensure_ray
+    from connectors.specload import parse_spec
 
     if warm:
         ensure_ray(None)
@@ -453,7 +453,7 @@ def admin_database(explicit: str | None) -> tuple[str, Any]:
         return DEFAULT_SERVER_URL, None
     except psycopg.OperationalError:
         pass
-    from engine.db import start_embedded
+    from engine.controlplane.db import start_embedded
 
     db = start_embedded(Path(tempfile.mkdtemp(prefix="ipai-bench-pg-")) / "pgdata")
     return db.url, db
@@ -470,7 +470,7 @@ def database(admin_url: str, name: str, *, create: bool = True, keep: bool = Fal
     """
     import psycopg
 
-    from engine.db import with_database
+    from engine.controlplane.db import with_database
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         if create:
@@ -498,7 +498,7 @@ def fresh_database(admin_url: str, *, prefix: str = "ipai_bench") -> Iterator[tu
 
 def describe_server(admin_url: str, server: Any) -> str:
     """The Postgres a benchmark uses, for its header: the URL without its password, and whether it is embedded."""
-    from engine.spec import redact_url
+    from engine.core.spec import redact_url
 
     return f"{redact_url(admin_url)}{' (embedded)' if server else ''}"
 

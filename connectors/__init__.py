@@ -1,19 +1,26 @@
-"""Connectors: one module per source, each offering a spec model and `streams(spec)`.
+"""Connectors: one module (or package) per source, each offering a spec model and `streams(spec)`.
 
-`CONNECTORS` maps `source_type` to its module's entry point; `AnySpec` is the discriminated union of
-every connector's spec model, from which `specs/schema.json` is generated.
+`CONNECTORS` is the one registry of sources: adding a connector is one entry here, its module, an example
+spec in `specs/`, an emulator and its conformance case in `tests/`. Entries name their module instead of
+importing it, so reading the registry costs nothing (the CLI lists source types and `ipai db migrate`
+records them without loading a single connector); a connector's module is imported the first time its spec
+model or streams are needed. The JSON Schema of specs (`connectors.specload.spec_json_schema`) and the
+control plane's list of source types (`ipai_source_types`) both come from this registry.
+
+Layering: connectors import `engine.core` only (and `connectors.httpkit`'s public names); the engine's run
+loop imports connectors, never the other way round.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-
-from connectors import database, ga4, github, http, odoo, sample
-from engine.protocol import Stream
-from engine.spec import ConnectorSpec
+if TYPE_CHECKING:
+    from engine.core.protocol import Stream
+    from engine.core.spec import ConnectorSpec
 
 
 @dataclass(frozen=True)
@@ -21,28 +28,42 @@ class Connector:
     """What the engine needs of a connector: its spec model and how to build its streams."""
 
     source_type: str
-    spec_model: type[ConnectorSpec]
-    streams: Callable[[Any], Sequence[Stream]]
+    module: str
+    """The module that defines `spec_name` and `streams(spec)`; imported on first use."""
+    spec_name: str
     summary: str
     plans_with_ray: bool = False
     """Planning asks the source (parent records, page counts) through the credential's Ray actor."""
 
+    def _load(self) -> Any:
+        return importlib.import_module(self.module)
 
-CONNECTORS: dict[str, Connector] = {
-    "database": Connector("database", database.DatabaseSpec, database.streams,
-                          "tables of a PostgreSQL database, read in parallel key ranges over ADBC"),
-    "sample": Connector("sample", sample.SampleSpec, sample.streams,
-                        "a deterministic shop (customers, orders, order lines); no network"),
-    "http": Connector("http", http.HttpSpec, http.streams, "any REST API, declared in YAML alone",
-                      plans_with_ray=True),
-    "ga4": Connector("ga4", ga4.Ga4Spec, ga4.streams, "Google Analytics 4 reports, one partition per property and day"),
-    "github": Connector("github", github.GitHubSpec, github.streams,
-                        "GitHub repositories, commits, pull requests, issues and issue comments",
-                        plans_with_ray=True),
-    "odoo": Connector("odoo", odoo.OdooSpec, odoo.streams,
-                      "Odoo's partners, invoices and journal items, sale orders and products: from its PostgreSQL "
-                      "or over JSON-RPC / JSON-2", plans_with_ray=True),
-}
+    @property
+    def spec_model(self) -> type[ConnectorSpec]:
+        model: type[ConnectorSpec] = getattr(self._load(), self.spec_name)
+        return model
+
+    @property
+    def streams(self) -> Callable[[Any], Sequence[Stream]]:
+        build: Callable[[Any], Sequence[Stream]] = self._load().streams
+        return build
+
+
+CONNECTORS: dict[str, Connector] = {c.source_type: c for c in (
+    Connector("database", "connectors.database.stream", "DatabaseSpec",
+              "tables of a PostgreSQL database, read in parallel key ranges over ADBC"),
+    Connector("sample", "connectors.sample", "SampleSpec", "a deterministic shop (customers, orders, order lines); no network"),
+    Connector("http", "connectors.http", "HttpSpec", "any REST API, declared in YAML alone", plans_with_ray=True),
+    Connector("ga4", "connectors.ga4", "Ga4Spec", "Google Analytics 4 reports, one partition per property and day"),
+    Connector("github", "connectors.github", "GitHubSpec",
+              "GitHub repositories, commits, pull requests, issues and issue comments", plans_with_ray=True),
+    Connector("odoo", "connectors.odoo.source", "OdooSpec",
+              "Odoo's partners, invoices and journal items, sale orders and products: from its PostgreSQL "
+              "or over JSON-RPC / JSON-2", plans_with_ray=True),
+)}
+SOURCE_TYPES: tuple[str, ...] = tuple(sorted(CONNECTORS))
+"""Every registered `source_type`, as the control plane records them."""
+
 
 def connector_for(spec: ConnectorSpec) -> Connector:
     """Return the connector that reads `spec`."""

@@ -29,8 +29,8 @@ from connectors.httpkit.components import (
 from connectors.httpkit.paginate import PageRequest
 from connectors.httpkit.requester import seconds_to_reset
 from connectors.httpkit.stream import HttpApi, HttpStream, QuotaReading
-from engine.protocol import Partition
-from engine.spec import NAME_PATTERN, ConnectorSpec, SpecModel
+from engine.core.protocol import Partition
+from engine.core.spec import NAME_PATTERN, ConnectorSpec, SpecModel
 
 PACIFIC = "America/Los_Angeles"
 INTEGER_TYPES = {"TYPE_INTEGER"}

@@ -24,7 +24,7 @@ from connectors.httpkit.components import (
     ParentPartitioner, RateLimit, RetryPolicy, ValuesPartitioner,
 )
 from connectors.httpkit.stream import HttpApi, HttpStream
-from engine.spec import ConnectorSpec, SpecModel, repeated
+from engine.core.spec import ConnectorSpec, SpecModel, repeated
 
 HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 RULES = (

@@ -9,7 +9,7 @@ from typing import Literal
 
 from connectors.httpkit.components import HttpSource, ParentPartitioner
 from connectors.httpkit.stream import HttpApi, HttpStream
-from engine.spec import ConnectorSpec
+from engine.core.spec import ConnectorSpec
 
 
 class HttpSpec(ConnectorSpec):

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from engine.protocol import Partition, Plan, PlanContext, ReadContext
-from engine.spec import ConnectorSpec, SpecModel
+from engine.core.protocol import Partition, Plan, PlanContext, ReadContext
+from engine.core.spec import ConnectorSpec, SpecModel
 
 ORIGIN = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DAY_US = 86_400_000_000

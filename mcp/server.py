@@ -34,15 +34,18 @@ from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.dependencies import get_access_token
 from ruamel.yaml import YAML
 
-from engine import control, tokens
-from engine.config import Settings
-from engine.db import Database, migrate, open_database
-from engine.errors import ConfigError, DatabaseUnreachable, IpaiError, NotFound, RunConflict, SpecError
-from engine.pipeline import Pipeline, load_pipeline, parse_pipeline
-from engine.pipeline_run import check_instances, pipeline_status, start_pipeline
-from engine.secrets import list_secrets, secret_refs, vault_session
-from engine.spec import ConnectorSpec, redact_url
-from engine.specload import parse_spec
+from engine.controlplane import records
+
+from engine.controlplane import tokens
+from engine.controlplane.settings import Settings
+from engine.controlplane.db import Database, migrate, open_database
+from engine.core.errors import ConfigError, DatabaseUnreachable, IpaiError, NotFound, RunConflict, SpecError
+from engine.pipelines.definition import Pipeline, load_pipeline, parse_pipeline
+from engine.pipelines.runner import check_instances, pipeline_status, start_pipeline
+from engine.core.secrets import secret_refs
+from engine.controlplane.vault import list_secrets, vault_session
+from engine.core.spec import ConnectorSpec, redact_url
+from connectors.specload import parse_spec
 
 log = logging.getLogger("ipai.mcp")
 
@@ -181,7 +184,7 @@ def build_server(platform: Platform, *, http: bool, pipeline_workers: bool = Tru
             text = _with_overrides(_spec_text(spec), env=env, schedule=schedule)
             parsed = parse_spec(text, filename="spec")
             with platform.connect(tenant()) as conn:
-                registered = control.register(conn, parsed, text)
+                registered = records.register(conn, parsed, text)
                 stored = {s["name"] for s in list_secrets(conn)}
             missing = sorted({ref.secret for _, ref in secret_refs(parsed)} - stored)
             result = {"ok": True, "instance_id": registered.instance_id, "definition_id": registered.definition_id,

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 import ray
 
-from engine.config import Settings
-from engine.db import Database, start_embedded, with_database
-from engine.raytime import ensure_ray
-from engine.secrets import set_secret, vault_session
+from engine.controlplane.settings import Settings
+from engine.controlplane.db import Database, start_embedded, with_database
+from engine.run.raytime import ensure_ray
+from engine.controlplane.vault import set_secret, vault_session
 
 SERVER_URL = os.environ.get("IPAI_TEST_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

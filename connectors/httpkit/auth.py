@@ -18,8 +18,8 @@ import httpx
 
 from connectors.httpkit.egress import EgressPolicy
 from connectors.httpkit.errors import HttpFailed, HttpRetryable, api_message
-from engine.secrets import SecretStore
-from engine.spec import ApiKeyAuth, BasicAuth, BearerAuth, NoAuth, OAuth2RefreshAuth, ServiceAccountAuth
+from engine.core.secrets import SecretStore
+from engine.core.spec import ApiKeyAuth, BasicAuth, BearerAuth, NoAuth, OAuth2RefreshAuth, ServiceAccountAuth
 
 AnyAuth = NoAuth | ApiKeyAuth | BearerAuth | BasicAuth | OAuth2RefreshAuth | ServiceAccountAuth
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"

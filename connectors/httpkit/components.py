@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.spec import SpecModel, repeated
+from engine.core.spec import SpecModel, repeated
 
 JsonPath = tuple[str, ...]
 """A path into a JSON body: keys of objects, or decimal indexes of arrays (`["data", "items"]`)."""

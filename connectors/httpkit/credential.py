@@ -22,8 +22,8 @@ from connectors.httpkit.auth import AccessToken, AnyAuth, TokenExchange, needs_e
 from connectors.httpkit.budget import Budget, Grant
 from connectors.httpkit.components import RateLimit
 from connectors.httpkit.egress import EgressPolicy
-from engine.secrets import SecretStore, secret_refs
-from engine.spec import OAuth2RefreshAuth
+from engine.core.secrets import SecretStore, secret_refs
+from engine.core.spec import OAuth2RefreshAuth
 
 NAMESPACE = "ipai"
 

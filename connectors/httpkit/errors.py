@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from connectors.httpkit.components import ErrorRule
-from engine.errors import IpaiError, SourceDeferred, TransientError, _rebuild
+from engine.core.errors import IpaiError, SourceDeferred, TransientError, _rebuild
 
 DEFAULT_RULES: tuple[ErrorRule, ...] = (
     ErrorRule(status=(401,), action="refresh_auth"),

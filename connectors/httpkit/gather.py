@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 from connectors.httpkit.components import CursorParamPaginator, HttpStreamSpec
 from connectors.httpkit.paginate import Page, PageRequest, dig
 from connectors.httpkit.records import to_batch
-from engine.protocol import Partition
-from engine.secrets import Redactor
+from engine.core.protocol import Partition
+from engine.core.secrets import Redactor
 
 BATCH_ROWS = 5_000
 Fetch = Callable[[PageRequest], Awaitable[list[Any]]]

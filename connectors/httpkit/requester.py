@@ -31,7 +31,7 @@ from connectors.httpkit.errors import (
     retry_after_seconds,
 )
 from connectors.httpkit.paginate import PageRequest
-from engine.secrets import Redactor
+from engine.core.secrets import Redactor
 
 USER_AGENT = "ipai-data-connectors/0.1 (+https://github.com/ipai)"
 MAX_REDIRECTS = 5

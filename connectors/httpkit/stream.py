@@ -36,8 +36,8 @@ from connectors.httpkit.paginate import (
 )
 from connectors.httpkit.records import loads
 from connectors.httpkit.requester import CredentialHandle, Requester, Response, Tokens
-from engine.protocol import Partition, Plan, PlanContext, ReadContext
-from engine.secrets import Redactor, SecretStore
+from engine.core.protocol import Partition, Plan, PlanContext, ReadContext
+from engine.core.secrets import Redactor, SecretStore
 
 Shape = Callable[[Any, Partition], list[dict[str, Any]]]
 """Turns a page body into records (for APIs whose rows are not plain objects, such as GA4's)."""

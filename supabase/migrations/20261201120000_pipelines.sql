@@ -1,5 +1,5 @@
 -- Pipelines (FR-040): one row per run of a pipeline file, a DAG of connector runs and gold refreshes
--- (engine/pipeline.py, `ipai pipeline run`, the MCP pipeline tool). The process that runs the pipeline
+-- (engine/pipelines/definition.py, `ipai pipeline run`, the MCP pipeline tool). The process that runs the pipeline
 -- writes the row as it goes, so `ipai pipeline status ID` and agents can read it during and after the run.
 --
 --   steps        one object per step, in the file's order: name, kind (run | spec | gold), target, needs,

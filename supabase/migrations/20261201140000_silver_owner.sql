@@ -18,7 +18,7 @@ begin
 end $$;
 do $$
 begin
-    execute 'grant usage on schema silver to ipai_gold';  -- gold views read silver (layers/gold.py)
+    execute 'grant usage on schema silver to ipai_gold';  -- gold views read silver (layers/gold/apply.py)
 exception when undefined_object then
     null;
 end $$;

@@ -20,7 +20,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
-from engine.specload import parse_spec
+from connectors.specload import parse_spec
 from tests.engine.test_cli import env_for, ipai
 from tests.truth import bronze_postgres, source_rows
 
@@ -95,7 +95,7 @@ def test_stdio_agent_creates_runs_and_follows_a_sync(settings):
     env = env_for(settings)
 
     async def agent() -> None:
-        transport = StdioTransport(sys.executable, ["-m", "engine.cli", "mcp", "--workers", "1"], env=env,
+        transport = StdioTransport(sys.executable, ["-m", "engine.cli.main", "mcp", "--workers", "1"], env=env,
                                    cwd=str(ROOT))
         async with Client(transport) as client:
             names = {t.name for t in await client.list_tools()}
@@ -163,7 +163,7 @@ def test_http_agent_with_a_bearer_token_acts_only_for_its_tenant(settings, tmp_p
     url = f"http://127.0.0.1:{port}/mcp"
     log_path = tmp_path / "mcp-http.log"
     with open(log_path, "wb") as log_file:
-        server = subprocess.Popen([sys.executable, "-m", "engine.cli", "mcp", "--http", "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "mcp", "--http", "--port", str(port)],
                                   env=env, cwd=ROOT, stdout=log_file, stderr=log_file)
     try:
         _wait_listening(port, server, log_path)
@@ -215,7 +215,7 @@ def _wait_listening(port: int, server: subprocess.Popen, log_path: Path) -> None
 def test_the_mcp_folder_is_not_the_mcp_package():
     """`ipai mcp` loads mcp/server.py by path; FastMCP still imports the real `mcp` library beside it."""
     assert not (ROOT / "mcp" / "__init__.py").exists()
-    code = ("import engine.cli; from engine.cli_mcp import load_server; import mcp; m = load_server(); "
+    code = ("import engine.cli.main; from engine.cli.mcp_server import load_server; import mcp; m = load_server(); "
             "print(mcp.__file__); print(m.__name__)")
     found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()

@@ -23,11 +23,13 @@ from deltalake import DeltaTable
 import pyarrow as pa
 import pytest
 
-from connectors import pgcdc, pgoutput
-from engine.driver import RunOptions, RunResult, run_sync
-from engine.errors import RunFailed
-from engine.faults import DriverCrash, FaultPlan
-from engine.specload import parse_spec
+from connectors.database.cdc import replication
+
+from connectors.database.cdc import pgoutput
+from engine.run.driver import RunOptions, RunResult, run_sync
+from engine.core.errors import RunFailed
+from engine.core.faults import DriverCrash, FaultPlan
+from connectors.specload import parse_spec
 from tests.truth import bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -227,7 +229,7 @@ def test_a_snapshot_lost_with_its_driver_is_taken_again(source, settings, databa
     with pytest.raises(DriverCrash):
         sync(settings, database, spec_text(source), lease_seconds=1,
              faults=FaultPlan(points=("driver.after_checkpoint",), marker_dir=str(tmp_path)))
-    assert "ipai_src_items" not in pgcdc._EXPORTED, "the run's end let its snapshot go"
+    assert "ipai_src_items" not in replication._EXPORTED, "the run's end let its snapshot go"
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute("delete from items where id <= 3000")  # rows a partial first snapshot may hold
     time.sleep(1.5)
@@ -274,7 +276,7 @@ def test_ipai_cdc_drop_removes_the_slot_and_the_next_run_snapshots_again(source,
                                                                           tmp_path: Path):
     from typer.testing import CliRunner
 
-    from engine.cli import app
+    from engine.cli.main import app
 
     text = spec_text(source)
     first = sync(settings, database, text)

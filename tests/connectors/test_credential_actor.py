@@ -11,8 +11,8 @@ import ray
 from connectors.httpkit.components import RateLimit
 from connectors.httpkit.credential import NAMESPACE, CredentialRef
 from connectors.httpkit.egress import EgressPolicy
-from engine.secrets import VaultSecretStore
-from engine.spec import BearerAuth, SecretRef
+from engine.controlplane.vault import VaultSecretStore
+from engine.core.spec import BearerAuth, SecretRef
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

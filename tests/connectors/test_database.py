@@ -12,9 +12,9 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from engine.driver import RunOptions, RunResult, run_sync
-from engine.errors import RunFailed
-from engine.specload import parse_spec
+from engine.run.driver import RunOptions, RunResult, run_sync
+from engine.core.errors import RunFailed
+from connectors.specload import parse_spec
 from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -123,14 +123,14 @@ def test_an_unreachable_database_is_named_without_its_password(shop, settings, d
 
 
 def test_a_password_in_the_spec_is_refused(database):
-    from engine.errors import SpecError
+    from engine.core.errors import SpecError
 
     with pytest.raises(SpecError, match="store the whole URL as a secret"):
         parse_spec(spec_text("postgresql://u:pw@localhost/db", ORDERS_TABLE))
 
 
 def test_rows_changing_while_an_extraction_is_read_are_neither_skipped_nor_repeated(shop, settings, database, tmp_path):
-    from engine.faults import DriverCrash, FaultPlan
+    from engine.core.faults import DriverCrash, FaultPlan
 
     text = spec_text(database.url, ORDERS_TABLE)
     with pytest.raises(DriverCrash):  # the driver dies after its first partition is recorded
@@ -154,7 +154,7 @@ def test_rows_changing_while_an_extraction_is_read_are_neither_skipped_nor_repea
 
 
 def test_two_tables_making_one_stream_are_refused_with_the_fix():
-    from engine.errors import SpecError
+    from engine.core.errors import SpecError
 
     tables = "    - {table: a.orders}\n    - {table: b.orders}\n"
     with pytest.raises(SpecError, match=r"two tables make stream 'orders'; give one a `name:`"):
@@ -299,7 +299,7 @@ def test_a_query_that_does_not_compile_is_named_with_the_servers_words(shop, set
 
 
 def test_a_stream_is_a_table_or_a_named_query():
-    from engine.errors import SpecError
+    from engine.core.errors import SpecError
 
     with pytest.raises(SpecError, match=r"give exactly one of `table:` and `query:`"):
         parse_spec(spec_text("postgresql://u@localhost/db", '    - {table: a.b, query: "select 1", name: x}\n'))
@@ -341,7 +341,7 @@ def test_a_query_stream_on_sqlite_and_mariadb(settings, database, tmp_path, mari
 
 
 def test_a_query_stream_cannot_follow_the_write_ahead_log():
-    from engine.errors import SpecError
+    from engine.core.errors import SpecError
 
     text = spec_text("postgresql://u@localhost/db", '    - {name: q, query: "select 1 as id"}\n', mode="cdc")
     with pytest.raises(SpecError, match=r"stream q: a query has no change log to follow \(sync_mode cdc\)"):

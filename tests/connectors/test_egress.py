@@ -16,7 +16,7 @@ from connectors.httpkit.egress import EgressPolicy
 from connectors.httpkit.errors import HttpFailed
 from connectors.httpkit.paginate import PageRequest
 from connectors.httpkit.requester import Requester
-from engine.secrets import Redactor
+from engine.core.secrets import Redactor
 
 
 class Budgetless:

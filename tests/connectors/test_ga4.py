@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import ray
 
-from engine.errors import RunDeferred
+from engine.core.errors import RunDeferred
 from tests.connectors.test_github import sync
 from tests.emulators.harness import EmulatorProcess
 from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres

@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.driver import RunOptions, RunResult, run_sync
-from engine.errors import RunDeferred, RunFailed
-from engine.specload import parse_spec
+from engine.run.driver import RunOptions, RunResult, run_sync
+from engine.core.errors import RunDeferred, RunFailed
+from connectors.specload import parse_spec
 from tests.emulators.harness import EmulatorProcess
 from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
@@ -367,7 +367,7 @@ def test_cli_stores_the_secret_and_reports_a_deferred_run_without_a_traceback(gh
 
     env = env_for(settings)
     env["IPAI_DEV_MODE"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "secret", "set", "github_token"], input=TOKEN + "\n",
+    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "secret", "set", "github_token"], input=TOKEN + "\n",
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and TOKEN not in proc.stdout + proc.stderr
     assert [line.split()[0] for line in ipai("secret", "list", env=env).stdout.splitlines()] == ["github_token"]

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine.errors import RunFailed
+from engine.core.errors import RunFailed
 from tests.connectors.test_github import issue_truth, loaded, sync
 from tests.emulators.harness import EmulatorProcess
 

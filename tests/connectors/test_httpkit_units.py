@@ -19,7 +19,7 @@ from connectors.httpkit.paginate import (
     LoopGuard, Page, PageRequest, check_first_page, links, next_request, page_count,
 )
 from connectors.httpkit.records import loads, to_batch
-from engine.secrets import Redactor
+from engine.core.secrets import Redactor
 
 
 def test_budget_holds_the_aggregate_rate_under_the_configured_one() -> None:

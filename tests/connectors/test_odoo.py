@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from engine.driver import RunOptions, RunResult, run_sync
-from engine.errors import RunFailed, SpecError
-from engine.specload import parse_spec
-from connectors.odoo_api import shift
-from tests.emulators import odoo_schema
+from engine.run.driver import RunOptions, RunResult, run_sync
+from engine.core.errors import RunFailed, SpecError
+from connectors.specload import parse_spec
+from connectors.odoo.api import shift
+from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorProcess
 from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
@@ -271,9 +271,9 @@ def test_a_web_session_that_expires_logs_in_again_and_errors_name_the_model(emul
 
     from connectors.httpkit.egress import EgressPolicy
     from connectors.httpkit.errors import HttpFailed
-    from connectors.odoo import OdooApiSource
-    from connectors.odoo_rpc import connect
-    from engine.spec import SecretRef
+    from connectors.odoo.source import OdooApiSource
+    from connectors.odoo.rpc import connect
+    from engine.core.spec import SecretRef
 
     source_spec = OdooApiSource(mode="jsonrpc", base_url=emulator.url, database=DB, login=LOGIN,
                                 password=SecretRef(secret="odoo_password"), session=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from engine.db import Database, migrate, with_database
+from engine.controlplane.db import Database, migrate, with_database
 
 
 @pytest.fixture(scope="module")

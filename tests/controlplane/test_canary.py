@@ -105,7 +105,7 @@ def test_a_canary_secret_never_reaches_any_sink(tmp_path, settings, database):
     canary = f"ghp_canary_{uuid.uuid4().hex}"
     migrated(database)
     env = env_for(settings)
-    stored = subprocess.run([sys.executable, "-m", "engine.cli", "secret", "set", "github_token"],
+    stored = subprocess.run([sys.executable, "-m", "engine.cli.main", "secret", "set", "github_token"],
                             input=canary + "\n", env=env, capture_output=True, text=True, timeout=60)
     assert stored.returncode == 0, stored.stderr
     wenv = {**worker_env(settings), "IPAI_DEV_MODE": "1", "IPAI_CREDENTIAL_IDLE_S": "5"}

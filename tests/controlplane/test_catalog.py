@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from connectors import CONNECTORS
-from engine.db import Database, migrate
+from engine.controlplane.db import Database, migrate
 
 FUNCTION_SCHEMAS = ("public", "ipai", "vault", "auth")
 TABLE_SCHEMAS = ("public", "vault")
@@ -126,7 +126,7 @@ def test_migrating_again_changes_nothing(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_every_connector_is_a_source_type_the_database_knows(conn: psycopg.Connection[Any]) -> None:
-    """`migrate` records the source types from a list of its own (engine.db.SOURCE_TYPES); it must name each
+    """`migrate` records the registry's source types (connectors.SOURCE_TYPES, read without importing a connector); it must name each
     connector, or `definition_upsert` refuses that connector's specs, and no other."""
     assert {r[0] for r in conn.execute("select name from ipai_source_types")} == set(CONNECTORS)
 

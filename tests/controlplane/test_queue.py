@@ -29,12 +29,12 @@ import psycopg
 import pytest
 
 from connectors.sample import SampleSpec
-from engine import control
-from engine.config import Settings
-from engine.db import Database, migrate
-from engine.scheduler import tick
-from engine.specload import parse_spec
-from engine.worker import claim, worker_database
+from engine.controlplane import records
+from engine.controlplane.settings import Settings
+from engine.controlplane.db import Database, migrate
+from engine.controlplane.scheduler import tick
+from connectors.specload import parse_spec
+from engine.controlplane.queue import claim, worker_database
 from tests.engine.test_cli import env_for
 from tests.engine.test_reliability import assert_synced, planned, recorded_by_extraction, sample_spec
 from tests.truth import assert_bronze_equals_source
@@ -95,7 +95,7 @@ class Proc:
         self.name = name
         self.stdout_path, self.stderr_path = folder / f"{name}.stdout", folder / f"{name}.stderr"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.popen = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env,
+            self.popen = subprocess.Popen([sys.executable, "-m", "engine.cli.main", *args], env=env,
                                           stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
 
     @property
@@ -336,7 +336,7 @@ def test_concurrent_claimers_never_take_a_run_twice(database, settings):
 
 
 def _register(conn: psycopg.Connection[Any], spec: SampleSpec, text: str) -> str:
-    return control.register(conn, spec, text).instance_id
+    return records.register(conn, spec, text).instance_id
 
 
 def test_worker_killed_mid_run_is_retried_from_what_it_committed(tmp_path, settings, database):

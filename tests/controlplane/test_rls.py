@@ -33,7 +33,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from engine.db import Database
+from engine.controlplane.db import Database
 
 VERBS = ("select", "insert", "update", "delete")
 

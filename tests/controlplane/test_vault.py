@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.db import Database, migrate
+from engine.controlplane.db import Database, migrate
 
 NOT_SET = "the Vault key is not set in this session"
 WRONG_KEY = "the Vault key of this session is not the key the secrets were stored with"

@@ -13,8 +13,8 @@ import httpx
 import psycopg
 import pytest
 
-from engine.db import Database, with_database
-from tests.emulators import odoo_schema
+from engine.controlplane.db import Database, with_database
+from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorError, EmulatorProcess
 
 DB, LOGIN, PASSWORD, API_KEY, UID = "acme", "admin", "admin-password", "selftest-api-key", 2

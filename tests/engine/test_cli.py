@@ -16,10 +16,11 @@ import psycopg
 import pytest
 import ray
 
-from engine.db import start_embedded
-from engine.localray import LocalHead
-from engine.driver import RunOptions, prepare_run
-from engine.specload import parse_spec
+from engine.controlplane.db import start_embedded
+from engine.controlplane.settings import LocalHead
+from engine.run.localray import head_processes
+from engine.run.driver import RunOptions, prepare_run
+from connectors.specload import parse_spec
 from tests.truth import bronze_postgres, source_rows
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -54,7 +55,7 @@ def env_for(settings, *, database: bool = True) -> dict[str, str]:
 
 
 def ipai(*args: str, env: dict[str, str], check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -161,7 +162,7 @@ def test_db_migrate_is_idempotent(settings):
 def test_ctrl_c_cancels_the_run_and_the_next_run_resumes(tmp_path, settings):
     env = env_for(settings)
     spec_path = write_spec(tmp_path, "slow", delay=1500)  # wide enough that Ctrl-C lands mid-run on a busy machine
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "submit", str(spec_path), "--wait"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "submit", str(spec_path), "--wait"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         deadline = time.monotonic() + 120
@@ -215,7 +216,7 @@ def test_local_ray_head_is_reused_by_submit_and_stops_alone(tmp_path, settings):
         assert f"on Ray at {address}" in done.stderr
         assert bronze_postgres(settings.database_url, "raw_head_orders").num_rows > 0
     finally:
-        head = [p.pid for p in LocalHead.read(settings.home).processes()]  # type: ignore[union-attr]
+        head = [p.pid for p in head_processes(LocalHead.read(settings.home))]  # type: ignore[arg-type]
         stopped = ipai("ray", "stop", env=env).stdout
     assert "stopped the local Ray head" in stopped
     # Every process of that head is gone, the raylet's renamed agents (ray::DashboardAgent ...) included.

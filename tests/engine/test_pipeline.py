@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import SpecError
-from engine.pipeline import load_pipeline, parse_pipeline, topological
-from engine.pipeline_run import pipeline_status, run_pipeline
-from engine.specload import load_spec
+from engine.core.errors import SpecError
+from engine.pipelines.definition import load_pipeline, parse_pipeline, topological
+from engine.pipelines.runner import pipeline_status, run_pipeline
+from connectors.specload import load_spec
 from tests.controlplane.test_queue import wait_for
 from tests.engine.test_cli import env_for, ipai
 from tests.truth import source_rows

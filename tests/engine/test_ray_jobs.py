@@ -18,8 +18,8 @@ import httpx
 import psycopg
 import pytest
 
-from engine import localray
-from engine.specload import parse_spec
+from engine.run import localray
+from connectors.specload import parse_spec
 from tests.truth import bronze_postgres, source_rows
 
 SPEC = """\
@@ -91,7 +91,7 @@ def env_for(settings, head: Head) -> dict[str, str]:
 
 
 def ipai(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

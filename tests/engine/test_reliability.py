@@ -22,13 +22,14 @@ import psutil
 import pytest
 
 from connectors.sample import SampleSpec
-from engine import control, state
-from engine.config import Settings
-from engine.db import Database
-from engine.driver import Progress, RunOptions, RunResult, run_sync
-from engine.errors import RunCancelled, RunConflict
-from engine.faults import DriverCrash, FaultPlan
-from engine.specload import parse_spec
+from engine.controlplane import records
+from engine.controlplane import state
+from engine.controlplane.settings import Settings
+from engine.controlplane.db import Database
+from engine.run.driver import Progress, RunOptions, RunResult, run_sync
+from engine.core.errors import RunCancelled, RunConflict
+from engine.core.faults import DriverCrash, FaultPlan
+from connectors.specload import parse_spec
 from tests.truth import assert_bronze_equals_source, assert_state_not_ahead_of_data, day_cursor
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -128,7 +129,7 @@ def runs(database: Database) -> list[tuple[str, str, str | None]]:
 def planned(database: Database, run_id: str) -> dict[str, dict[str, Any]]:
     """Return the `stream.planned` log fields of a run, by stream."""
     with database.connect() as conn:
-        return {r["fields"]["stream"]: r["fields"] for r in control.get_logs(conn, run_id)
+        return {r["fields"]["stream"]: r["fields"] for r in records.get_logs(conn, run_id)
                 if r["event"] == "stream.planned"}
 
 
@@ -151,7 +152,7 @@ def assert_synced(spec: SampleSpec, settings: Settings, database: Database) -> N
         extractions = conn.execute(
             "select coalesce(sum(jsonb_array_length(partitions)), 0), count(*) filter (where status <> 'done')"
             " from connector_extractions").fetchone()
-        instance_id = control.find_instance(conn, spec.name)["id"]
+        instance_id = records.find_instance(conn, spec.name)["id"]
         cursors = {s: state.get_cursor(conn, instance_id, s) for s in streams}
     assert extractions == (checked, 0), "(partitions planned, extractions unfinished) vs partitions recorded"
     assert cursors == {s: day_cursor(DAYS) for s in streams}

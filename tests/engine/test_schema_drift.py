@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from layers.bronze import Ack, BronzeTarget, BronzeWriteError, BronzeWriter
-from layers.delta import DeltaBronzeTable
+from layers.bronze.writer import Ack, BronzeTarget, BronzeWriteError, BronzeWriter
+from layers.bronze.delta import DeltaBronzeTable
 
 RUN_ID = str(uuid.UUID(int=1))
 EXTRACTION_ID = str(uuid.UUID(int=2))
@@ -290,9 +290,9 @@ def test_a_crash_between_the_quarantine_and_the_bronze_commit_quarantines_once(t
 
 @pytest.mark.parametrize("silver_first", [True, False], ids=["silver first", "bronze first"])
 def test_silver_and_bronze_share_one_quarantine_table(tmp_path, database, silver_first):
-    from layers.evolve import Quarantined, set_aside
-    from layers.quarantine import write_quarantine
-    from layers.silver import SilverTarget
+    from layers.silver.evolve import Quarantined, set_aside
+    from layers.silver.quarantine import write_quarantine
+    from layers.silver.target import SilverTarget
 
     bronze = target(tmp_path, database.url)
     silver = SilverTarget(table="shop_items", key=("id",), cursor=None, bronze_table=bronze.table,

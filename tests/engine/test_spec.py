@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from engine.errors import SpecError
-from engine.specload import load_spec, parse_spec, spec_json_schema_text
+from engine.core.errors import SpecError
+from connectors.specload import load_spec, parse_spec, spec_json_schema_text
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,9 @@ import psycopg
 import pyarrow.compute as pc
 import pytest
 
-from engine import state
-from engine.driver import RunOptions, run_sync
-from engine.specload import parse_spec
+from engine.controlplane import state
+from engine.run.driver import RunOptions, run_sync
+from connectors.specload import parse_spec
 from tests.truth import (
     assert_exactly_once_per_extraction, bronze_delta, bronze_postgres, day_cursor, keys, source_rows,
 )

@@ -17,13 +17,14 @@ import httpx
 import pytest
 
 from connectors.httpkit.egress import EgressPolicy
-from engine import control, webhooks
-from engine.config import Settings
-from engine.db import Database
-from engine.driver import RunOptions, RunResult, prepare_run, run_sync
-from engine.errors import RunFailed, SpecError
-from engine.secrets import Redactor
-from engine.specload import parse_spec
+from engine.controlplane import records
+from engine.controlplane import webhooks
+from engine.controlplane.settings import Settings
+from engine.controlplane.db import Database
+from engine.run.driver import RunOptions, RunResult, prepare_run, run_sync
+from engine.core.errors import RunFailed, SpecError
+from engine.core.secrets import Redactor
+from connectors.specload import parse_spec
 from tests.conftest import Vault
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -140,7 +141,7 @@ def deliveries(database: Database, run_id: str) -> list[tuple[Any, ...]]:
 
 def logs(database: Database, run_id: str) -> list[dict[str, Any]]:
     with database.connect() as conn:
-        return control.get_logs(conn, run_id)
+        return records.get_logs(conn, run_id)
 
 
 def test_a_finished_run_posts_one_signed_summary_to_each_webhook_that_wants_it(
@@ -275,7 +276,7 @@ def test_retries_back_off_honour_retry_after_and_stop(
     _, run_id = prepare_run(spec, text, db=database, options=RunOptions())
     slept: list[float] = []
     with database.connect() as conn:
-        control.finish_run(conn, run_id, status="succeeded")
+        records.finish_run(conn, run_id, status="succeeded")
         webhooks.announce(conn, (webhooks.Target(spec.webhooks[0], "k" * 16),), spec=spec, run_id=run_id,
                           redact=Redactor(()), transport=scripted(*answers),
                           egress=EgressPolicy(allow_loopback=True), sleep=slept.append)

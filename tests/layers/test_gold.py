@@ -29,13 +29,13 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from engine.config import Settings
-from engine.db import Database, migrate, with_database
-from engine.driver import RunOptions, run_sync
-from engine.secrets import set_secret
-from engine.specload import parse_spec
-from layers.gold import DEFAULT_DIRECTORY, apply_gold, list_gold, load_gold
-from tests.emulators import odoo_schema
+from engine.controlplane.settings import Settings
+from engine.controlplane.db import Database, migrate, with_database
+from engine.run.driver import RunOptions, run_sync
+from engine.controlplane.vault import set_secret
+from connectors.specload import parse_spec
+from layers.gold.apply import DEFAULT_DIRECTORY, apply_gold, list_gold, load_gold
+from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorProcess
 from tests.truth import source_rows
 
@@ -439,7 +439,7 @@ def test_broken_sql_names_file_line_and_message_and_the_rest_still_apply(lake, t
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IPAI_", "RAY_ADDRESS"))}
     env["IPAI_HOME"] = str(lake.settings.home)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "gold", "apply", "--dir", str(second),
+    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "gold", "apply", "--dir", str(second),
                            "--database-url", lake.db.url], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc
     assert f"{second / 'gold_test_by_status.sql'}:3:32: column \"amount_usd\" does not exist" in proc.stderr

@@ -16,9 +16,10 @@ import pytest
 from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from engine.driver import RunOptions, run_sync
-from engine.specload import parse_spec
-from layers.silver import SilverMerger, SilverTarget
+from engine.run.driver import RunOptions, run_sync
+from connectors.specload import parse_spec
+from layers.silver.merge import SilverMerger
+from layers.silver.target import SilverTarget
 from tests.truth import bronze_postgres, source_rows
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -305,8 +306,8 @@ def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a
 def test_a_new_partition_layout_is_refused_until_silver_is_rebuilt_from_bronze(settings, database):
     from typer.testing import CliRunner
 
-    from engine.cli import app
-    from engine.errors import RunFailed
+    from engine.cli.main import app
+    from engine.core.errors import RunFailed
 
     assert shop_sync(settings, database, today=20).status == "succeeded"
     text = SHOP.format(today=20, layers="bronze, silver", name="shop") + (

@@ -12,11 +12,12 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.errors import ConfigError, NotFound
-from layers.delta import DeltaBronzeTable, table_uri
-from layers.export import SUCCESS, export_parquet
-from layers.upkeep import (
+from engine.cli.main import app
+from engine.core.errors import ConfigError, NotFound
+from layers.bronze.delta import DeltaBronzeTable
+from layers.delta import table_uri
+from layers.lakehouse.export import SUCCESS, export_parquet
+from layers.lakehouse.upkeep import (
     TableRef,
     UpkeepOptions,
     find_tables,

@@ -1,0 +1,402 @@
+"""PostgreSQL change data capture for the `database` source (FR-003, `sync_mode: cdc`).
+
+Each table streamed in cdc mode gets a publication and a logical replication slot of the same name
+(`slot:`, default `ipai_<spec>_<stream>`), decoded by `pgoutput`, which every PostgreSQL has built in. The
+publication is made first (pgoutput sends only tables that were published when a change was written) and
+carries the owner in its comment, `ipai instance <id>`: a slot or publication of that name that another
+instance or tool made is refused, never taken over.
+
+    first run (no cursor, or --full-refresh)
+        publication; CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export') on a replication connection, which the
+        driver holds open while the snapshot is read: the slot's consistent point L0 and a snapshot that
+        sees exactly the transactions committed before L0. Partitions: the table in key ranges, each read
+        in its own REPEATABLE READ transaction that imports that snapshot (`_ipai_op` 'r', `_ipai_lsn` L0),
+        plus the changes [L0, hi). Nothing falls between snapshot and stream, nothing is in both.
+    later runs
+        one partition: the changes [cursor, hi), hi = the WAL insert position while planning (a record
+        boundary). The reader waits until WAL is flushed past hi, then peeks the slot
+        (`pg_logical_slot_peek_binary_changes`, upto hi) and keeps the transactions whose commit LSN is in
+        the window, so a change is delivered once even when the slot lags behind the cursor.
+    after the stream's partitions are committed in bronze and the cursor stored
+        `pg_replication_slot_advance(slot, cursor)`: the slot's confirmed LSN never passes what bronze holds;
+        a run that ends before that leaves the slot behind, and the next run advances it to the stored cursor.
+
+Every change row carries `_ipai_op` ('c' insert, 'u' update, 'd' delete: a tombstone with the key, and the
+whole old row under REPLICA IDENTITY FULL; 't' truncate), `_ipai_lsn` (its transaction's commit LSN as a
+number; the snapshot's rows have L0) and `_ipai_seq` (its order in the transaction; -1 in the snapshot).
+Silver keeps, per key, the row with the greatest (`_ipai_lsn`, `_ipai_seq`) and turns 'd' into a soft
+delete. An update that changes the key also sends a tombstone for the old key. A TOASTed value an update did
+not change is not in the WAL: it is taken from the old row when the table has REPLICA IDENTITY FULL, else
+left null and its column named in `_ipai_unchanged`, so silver keeps the value it has.
+
+A snapshot lost with its driver (a crash while it was read) cannot be resumed: the next run drops this
+instance's slot and starts a new snapshot; silver takes the newest complete snapshot as the base.
+
+Server settings: `wal_level = logical` (a restart), `max_replication_slots` and `max_wal_senders` above the
+slots in use, and a role with REPLICATION (or superuser) that owns the tables (to publish them).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pyarrow as pa
+
+from connectors.database.cdc import pgoutput
+from engine.core.errors import ConfigError, TransientError
+from engine.core.protocol import Partition, Plan, PlanContext
+from engine.core.spec import redact_url
+
+if TYPE_CHECKING:
+    from connectors.database.stream import DatabaseStream
+    from connectors.database.dialects import Column
+
+CDC_FIELDS = (pa.field("_ipai_op", pa.string()), pa.field("_ipai_lsn", pa.int64()),
+              pa.field("_ipai_seq", pa.int32()), pa.field("_ipai_unchanged", pa.string()))
+BATCH_ROWS = 50_000
+FLUSH_WAIT_S = 30.0
+WAL_ADVICE = ("CDC needs wal_level = logical on the source server: set it in postgresql.conf (or run "
+              "ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL; the role also needs REPLICATION "
+              "(or superuser), and max_replication_slots / max_wal_senders room for one slot per table")
+_SNAPSHOT_NAME = re.compile(r"^[0-9A-F-]+$")
+
+_EXPORTED: dict[str, tuple[psycopg.Connection[Any], str]] = {}
+"""slot -> (the replication connection holding its exported snapshot, the snapshot's name); driver process."""
+
+
+def slot_name(stream: DatabaseStream) -> str:
+    return stream.table.slot or f"ipai_{stream.spec_name}_{stream.name}".lower()[:63]
+
+
+def owner_mark(instance_id: str) -> str:
+    return f"ipai instance {instance_id}"
+
+
+def _connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    from connectors.database.dialects import _first_line, _redact
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
+    except psycopg.Error as exc:
+        raise ConfigError(f"source database {redact_url(url)}: {_redact(url, _first_line(exc))}") from None
+
+
+# -- planning (driver) -----------------------------------------------------------------------------------
+
+
+def plan(stream: DatabaseStream, ctx: PlanContext, url: str) -> Plan:
+    from connectors.database.dialects import PostgresDialect, dialect_for
+
+    if not isinstance(dialect_for(url), PostgresDialect):
+        raise ConfigError(f"stream {stream.name}: sync_mode cdc follows PostgreSQL's write-ahead log; "
+                          "for other databases use incremental with a cursor column")
+    slot = slot_name(stream)
+    with _connect(url) as conn:
+        _check_server(conn, url)
+        _check_table(conn, stream, url)
+        slot_row = _ownership(conn, slot, ctx.instance_id, url)
+        if ctx.cursor is None:
+            return _plan_snapshot(stream, conn, url, slot, slot_row is not None, ctx.instance_id)
+        if slot_row is None:
+            raise ConfigError(f"stream {stream.name}: replication slot {slot} is gone from {redact_url(url)}, "
+                              "so changes since the last run cannot be read; run with --full-refresh to take "
+                              "a new snapshot")
+        confirmed, lost = slot_row
+        cursor = int(ctx.cursor)
+        if lost:
+            raise ConfigError(f"stream {stream.name}: replication slot {slot} was invalidated by the server "
+                              "(its WAL was removed, max_slot_wal_keep_size); run with --full-refresh to take a "
+                              "new snapshot")
+        if confirmed is not None and pgoutput.lsn_int(confirmed) > cursor:
+            raise ConfigError(f"stream {stream.name}: replication slot {slot} was advanced past this instance's "
+                              f"cursor ({confirmed} > {pgoutput.lsn_text(cursor)}) by something else; changes "
+                              "in between are lost to it: run with --full-refresh")
+        _advance(conn, slot, cursor)  # the stored cursor is committed in bronze: confirm it if not yet
+        hi = _insert_lsn(conn)
+        if hi <= cursor:
+            return Plan([], cursor_to=cursor)
+        return Plan([_changes_partition(stream, slot, cursor, hi)], cursor_to=hi)
+
+
+def _changes_partition(stream: DatabaseStream, slot: str, lo: int, hi: int) -> Partition:
+    return Partition(stream.name, (("slot", slot),), (lo, hi))
+
+
+def _check_server(conn: psycopg.Connection[Any], url: str) -> None:
+    row = conn.execute("select current_setting('wal_level')").fetchone()
+    level = row[0] if row else "?"
+    if level != "logical":
+        raise ConfigError(f"source database {redact_url(url)} runs with wal_level = {level}. {WAL_ADVICE}")
+
+
+def _check_table(conn: psycopg.Connection[Any], stream: DatabaseStream, url: str) -> None:
+    t = stream.table
+    row = conn.execute(
+        "select c.relreplident, exists (select from pg_index i where i.indrelid = c.oid and i.indisprimary)"
+        " from pg_class c where c.oid = to_regclass(%s)", (f"{_quoted(t.schema_name)}.{_quoted(t.table_name)}",)).fetchone()
+    if row is None:
+        raise ConfigError(f"table {t.table} does not exist in {redact_url(url)}")
+    identity, has_pk = row
+    if identity == "n" or (identity == "d" and not has_pk):
+        # Publishing a table without a replica identity makes its UPDATEs and DELETEs fail on the source.
+        raise ConfigError(f"stream {stream.name}: table {t.table} has no primary key, so PostgreSQL cannot say "
+                          "which row an update or delete changed; add a primary key, or run ALTER TABLE "
+                          f"{t.table} REPLICA IDENTITY FULL, before following it with cdc")
+
+
+def _ownership(conn: psycopg.Connection[Any], slot: str, instance_id: str,
+               url: str) -> tuple[str | None, bool] | None:
+    """(confirmed LSN, invalidated) of this instance's slot, or None when there is no slot. Refuses a slot or
+    publication of that name that another instance or tool made."""
+    mark = owner_mark(instance_id)
+    slot_row = conn.execute(
+        "select database = current_database() and plugin = 'pgoutput', confirmed_flush_lsn::text,"
+        " coalesce(wal_status = 'lost', false) from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
+    pub = conn.execute("select obj_description(oid, 'pg_publication') from pg_publication where pubname = %s",
+                       (slot,)).fetchone()
+    owner = None if pub is None else (pub[0] or "")
+    foreign = (pub is not None and owner != mark) or (slot_row is not None and (pub is None or not slot_row[0]))
+    if foreign:
+        who = (f"ipai {owner[5:]}" if owner and owner.startswith("ipai instance ") and owner != mark
+               else "a tool other than this instance")
+        raise ConfigError(f"replication slot or publication {slot!r} already exists on {redact_url(url)} and "
+                          f"belongs to {who}; it is never taken over. Give this table another `slot:` name, or "
+                          "drop it from its owner (`ipai cdc drop INSTANCE`)")
+    return None if slot_row is None else (slot_row[1], bool(slot_row[2]))
+
+
+def _plan_snapshot(stream: DatabaseStream, conn: psycopg.Connection[Any], url: str, slot: str, slot_exists: bool,
+                   instance_id: str) -> Plan:
+    from connectors.database.dialects import dialect_for
+
+    close_snapshot(slot)
+    if slot_exists:
+        conn.execute("select pg_drop_replication_slot(%s)", (slot,))  # ours (checked): a new snapshot needs a new slot
+    t = stream.table
+    if conn.execute("select 1 from pg_publication where pubname = %s", (slot,)).fetchone() is None:
+        conn.execute(f'create publication "{slot}" for table {_quoted(t.schema_name)}.{_quoted(t.table_name)}')
+        conn.execute(f'comment on publication "{slot}" is {_literal(owner_mark(instance_id))}')
+    rep = _connect(url, replication="database")
+    result = rep.pgconn.exec_(f"CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput (SNAPSHOT 'export')".encode())
+    if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+        message = (result.error_message or b"").decode(errors="replace").strip()
+        rep.close()
+        raise ConfigError(f"stream {stream.name}: could not create replication slot {slot} on "
+                          f"{redact_url(url)}: {message}. {WAL_ADVICE}")
+    consistent = pgoutput.lsn_int((result.get_value(0, 1) or b"").decode())
+    snapshot = (result.get_value(0, 2) or b"").decode()
+    _EXPORTED[slot] = (rep, snapshot)
+    try:
+        hi = _insert_lsn(conn)
+        d = dialect_for(url)
+        with d.catalog(url, snapshot=snapshot) as cat:
+            columns, pk = d.columns(cat, t, url)
+            by_name = {c.name: c for c in columns}
+            key = stream.partition_key(d, by_name, pk)
+            ranges = stream._ranges(d, cat, key, by_name, None)
+    except BaseException:
+        close_snapshot(slot)
+        raise
+    parts = [Partition(stream.name, (("key", key or ""), ("from", lo), ("to", hi_key), ("snapshot", snapshot),
+                                     ("lsn", consistent)))
+             for lo, hi_key in ranges]
+    if hi > consistent:
+        parts.append(_changes_partition(stream, slot, consistent, hi))
+    return Plan(parts, cursor_to=max(hi, consistent), primary_key=tuple(pk))
+
+
+def resumable(stream: DatabaseStream, partitions: list[Partition]) -> bool:
+    """Whether an unfinished extraction can go on in this process: snapshot reads need the exported snapshot,
+    which lives only as long as the replication connection of the driver that made it."""
+    names = {dict(p.where)["snapshot"] for p in partitions if "snapshot" in dict(p.where)}
+    if not names:
+        return True
+    held = _EXPORTED.get(slot_name(stream))
+    return held is not None and not held[0].closed and names == {held[1]}
+
+
+def committed(stream: DatabaseStream, cursor: Any, url: str) -> None:
+    """The stream's partitions are in bronze up to `cursor`: confirm it to the slot, release the snapshot."""
+    slot = slot_name(stream)
+    close_snapshot(slot)
+    if cursor is not None:
+        with _connect(url) as conn:
+            _advance(conn, slot, int(cursor))
+
+
+def close_snapshot(slot: str) -> None:
+    held = _EXPORTED.pop(slot, None)
+    if held is not None:
+        held[0].close()
+
+
+def drop(url: str, slot: str, instance_id: str) -> list[str]:
+    """Remove this instance's slot and publication; return what was removed. Refuses another owner's."""
+    close_snapshot(slot)
+    removed = []
+    with _connect(url) as conn:
+        slot_row = _ownership(conn, slot, instance_id, url)
+        if slot_row is not None:
+            active = conn.execute("select active_pid from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
+            if active and active[0]:
+                raise ConfigError(f"replication slot {slot} is in use by server process {active[0]} (a run reading "
+                                  "it); wait for the run to end, then drop it")
+            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+            removed.append(f"replication slot {slot}")
+        if conn.execute("select 1 from pg_publication where pubname = %s", (slot,)).fetchone():
+            conn.execute(f'drop publication "{slot}"')
+            removed.append(f"publication {slot}")
+    return removed
+
+
+def _advance(conn: psycopg.Connection[Any], slot: str, lsn: int) -> None:
+    conn.execute("select pg_replication_slot_advance(%s, %s::pg_lsn) from pg_replication_slots"
+                 " where slot_name = %s and confirmed_flush_lsn < %s::pg_lsn",
+                 (slot, pgoutput.lsn_text(lsn), slot, pgoutput.lsn_text(lsn)))
+
+
+def _insert_lsn(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select pg_current_wal_insert_lsn()::text").fetchone()
+    return pgoutput.lsn_int(row[0]) if row else 0
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# -- reading (Ray task) ----------------------------------------------------------------------------------
+
+
+def snapshot_name(name: str) -> str:
+    """An exported snapshot's name, checked before it is written into SET TRANSACTION SNAPSHOT (no binds)."""
+    if not _SNAPSHOT_NAME.match(name):
+        raise ConfigError(f"not a snapshot name: {name!r}")
+    return name
+
+
+def with_snapshot_columns(batch: pa.RecordBatch, lsn: int) -> pa.RecordBatch:
+    """A snapshot batch with the change columns: op 'r' at the slot's consistent point."""
+    n = batch.num_rows
+    values = [pa.repeat(pa.scalar("r"), n), pa.repeat(pa.scalar(lsn, pa.int64()), n),
+              pa.repeat(pa.scalar(-1, pa.int32()), n), pa.nulls(n, pa.string())]
+    return pa.RecordBatch.from_arrays([*batch.columns, *values], schema=pa.schema([*batch.schema, *CDC_FIELDS]))
+
+
+def read_changes(columns: tuple[Column, ...], key: tuple[str, ...], url: str,
+                 partition: Partition) -> Iterator[pa.RecordBatch]:
+    """The changes of one window [lo, hi) of the slot, as batches in commit order."""
+    slot = dict(partition.where)["slot"]
+    lo, hi = (int(v) for v in partition.window)
+    with _connect(url) as conn:
+        _wait_flushed(conn, hi)
+        conn.execute("set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set bytea_output = 'hex';"
+                     " set extra_float_digits = 3; set intervalstyle = 'postgres'")
+        rows = _Rows(columns, key)
+        keep = False
+        with conn.transaction(), conn.cursor(name="ipai_cdc") as cur:
+            cur.itersize = 2_000
+            cur.execute("select data from pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, null,"
+                        " 'proto_version', '1', 'publication_names', %s)", (slot, pgoutput.lsn_text(hi), slot))
+            for (data,) in cur:
+                message = pgoutput.decode(bytes(data))
+                if isinstance(message, pgoutput.Begin):
+                    keep = lo <= message.lsn < hi
+                    rows.begin(message.lsn)
+                elif isinstance(message, pgoutput.Relation):
+                    rows.relations[message.oid] = message
+                elif isinstance(message, pgoutput.Change) and keep:
+                    rows.add(message)
+                    if len(rows) >= BATCH_ROWS:
+                        yield rows.flush()
+        if len(rows):
+            yield rows.flush()
+
+
+def _wait_flushed(conn: psycopg.Connection[Any], lsn: int) -> None:
+    """Wait until WAL is flushed past `lsn` (a record boundary), so every transaction committed before it can
+    be decoded; the WAL writer flushes within wal_writer_delay."""
+    deadline = time.monotonic() + FLUSH_WAIT_S
+    while True:
+        row = conn.execute("select pg_current_wal_flush_lsn()::text").fetchone()
+        if row and pgoutput.lsn_int(row[0]) >= lsn:
+            return
+        if time.monotonic() > deadline:
+            raise TransientError(f"the source's WAL was not flushed to {pgoutput.lsn_text(lsn)} "
+                                 f"within {FLUSH_WAIT_S:.0f} s")
+        time.sleep(0.05)
+
+
+class _Rows:
+    """Change rows collected column-wise and turned into Arrow batches of the table's bronze types."""
+
+    def __init__(self, columns: tuple[Column, ...], key: tuple[str, ...]) -> None:
+        from connectors.database.dialects import _arrow_type
+
+        self.columns = columns
+        self.key = key
+        self.types = [pgoutput.converter(c.type, _arrow_type(c)) for c in columns]
+        self.relations: dict[int, pgoutput.Relation] = {}
+        self.values: list[list[Any]] = [[] for _ in columns]
+        self.op: list[str] = []
+        self.lsn: list[int] = []
+        self.seq: list[int] = []
+        self.unchanged: list[str | None] = []
+        self.txn_lsn = 0
+        self.txn_seq = 0
+
+    def __len__(self) -> int:
+        return len(self.op)
+
+    def begin(self, lsn: int) -> None:
+        self.txn_lsn, self.txn_seq = lsn, 0
+
+    def add(self, change: pgoutput.Change) -> None:
+        if change.op == "t":
+            self._append("t", {}, None)
+            return
+        relation = self.relations[change.relation]
+        old = dict(zip(relation.columns, change.old, strict=True)) if change.old is not None else None
+        if change.op == "d":
+            self._append("d", old or {}, None)
+            return
+        new = dict(zip(relation.columns, change.new or (), strict=True))
+        if change.op == "u" and old is not None and any(old.get(k) != new.get(k) for k in self.key):
+            self._append("d", old, None)  # the key changed: the old key's row is gone
+        unchanged = []
+        for name, value in new.items():
+            if value is pgoutput.UNCHANGED:
+                kept = old.get(name) if old is not None else None
+                if kept is None or kept is pgoutput.UNCHANGED:
+                    unchanged.append(name)
+                    new[name] = None
+                else:
+                    new[name] = kept
+        self._append(change.op, new, ",".join(unchanged) or None)
+
+    def _append(self, op: str, row: dict[str, Any], unchanged: str | None) -> None:
+        for values, column in zip(self.values, self.columns, strict=True):
+            value = row.get(column.name)
+            values.append(None if value is pgoutput.UNCHANGED else value)
+        self.op.append(op)
+        self.lsn.append(self.txn_lsn)
+        self.seq.append(self.txn_seq)
+        self.unchanged.append(unchanged)
+        self.txn_seq += 1
+
+    def flush(self) -> pa.RecordBatch:
+        arrays = [pgoutput.to_array(values, typ, parse) for values, (typ, parse) in zip(self.values, self.types, strict=True)]
+        arrays += [pa.array(self.op, pa.string()), pa.array(self.lsn, pa.int64()), pa.array(self.seq, pa.int32()),
+                   pa.array(self.unchanged, pa.string())]
+        fields = [pa.field(c.name, typ) for c, (typ, _) in zip(self.columns, self.types, strict=True)]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema([*fields, *CDC_FIELDS]))
+        self.values = [[] for _ in self.columns]
+        self.op, self.lsn, self.seq, self.unchanged = [], [], [], []
+        return batch

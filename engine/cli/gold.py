@@ -1,0 +1,59 @@
+"""`ipai gold`: apply the gold views of a folder to Postgres, and list them.
+
+`apply` exits 1 when any view failed (each failure printed as `FILE:LINE:COLUMN: message` on stderr, the
+other views still applied), 0 otherwise; a skipped view (its silver table does not exist yet) is
+reported without failing. Errors print one message, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from layers.gold.apply import DEFAULT_DIRECTORY, apply_gold, list_gold
+
+gold_app = typer.Typer(help="Gold views: documented business views over silver, read by the analyst role "
+                       "(Superset).", no_args_is_help=True)
+
+# Imported only once gold_app exists: engine.cli.main imports this module to register it, and under
+# `python -m engine.cli.main` that import runs engine/cli/main.py a second time (as `engine.cli.main`), whose own
+# registration line must then find gold_app here.
+from engine.cli.main import DatabaseOpt, _database, _settings, err, out  # noqa: E402
+
+DirOpt = Annotated[Path, typer.Option("--dir", help="Folder of gold_<domain>_<entity>.sql files, each with "
+                                      "its .yaml.", file_okay=False)]
+
+
+@gold_app.command("apply")
+def gold_apply(directory: DirOpt = DEFAULT_DIRECTORY, database_url: DatabaseOpt = None) -> None:
+    """Create or replace every view of the folder in schema gold, with its documentation as comments."""
+    with _database(_settings(database_url)) as db, db.connect() as conn:
+        result = apply_gold(conn, directory)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    for name in result.applied:
+        out.print(f"[green]applied[/green]  gold.{name}", highlight=False)
+    for skip in result.skipped:
+        out.print(f"[yellow]skipped[/yellow]  {escape(str(skip))}", highlight=False, soft_wrap=True)
+    for failure in result.failed:
+        err.print(f"[red]failed[/red]   {escape(str(failure))}", highlight=False, soft_wrap=True)
+    out.print(f"{len(result.applied)} applied, {len(result.skipped)} skipped, {len(result.failed)} failed",
+              highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@gold_app.command("list")
+def gold_list(directory: DirOpt = DEFAULT_DIRECTORY, database_url: DatabaseOpt = None) -> None:
+    """List the folder's views and those in the database, and whether each is applied."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        listing = list_gold(conn, directory)
+    table = Table("view", "applied", "columns", "description")
+    for view in listing:
+        state = "yes" if view.defined and view.in_database else "no" if view.defined else "not in folder"
+        table.add_row(f"gold.{view.name}", state, str(view.columns), view.description)
+    out.print(table)

@@ -1,0 +1,143 @@
+"""`ipai mcp` (the MCP server for agents, mcp/server.py) and `ipai token` (its HTTP bearer tokens)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from engine.controlplane import tokens
+from engine.cli.main import DatabaseOpt, LakehouseOpt, _database, _settings, err, out
+from engine.controlplane.settings import Settings
+from engine.core.errors import ConfigError
+
+SERVER_FILE = Path(__file__).resolve().parents[2] / "mcp" / "server.py"
+WORKER_STOP_S = 30.0
+
+token_app = typer.Typer(help="Bearer tokens for agents using `ipai mcp --http` (admin): one tenant each.",
+                        no_args_is_help=True)
+
+
+def load_server() -> ModuleType:
+    """mcp/server.py, loaded by path: the folder must not become a package named `mcp` (FastMCP's library)."""
+    if not SERVER_FILE.exists():
+        raise ConfigError(f"{SERVER_FILE} is missing: `ipai mcp` runs from a checkout of the platform "
+                          "(pip install -e .)")
+    spec = importlib.util.spec_from_file_location("ipai_mcp_server", SERVER_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def mcp_command(
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP at http://HOST:PORT/mcp (bearer "
+                                       "tokens from `ipai token create`) instead of stdio.")] = False,
+    host: Annotated[str, typer.Option(help="HTTP: address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP: port.")] = 8765,
+    workers: Annotated[int, typer.Option(help="Local `ipai worker` processes to run queued runs while the "
+                                         "server is up; 0 when workers already serve the queue (pipelines "
+                                         "then start none either).")] = 1,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address for those workers "
+                       "(default: RAY_ADDRESS, else a local Ray).", show_default=False)] = None,
+    database_url: DatabaseOpt = None,
+    lakehouse: LakehouseOpt = None,
+) -> None:
+    """Serve the platform's tools to agents over MCP: connector_list, connector_validate, connector_create,
+    connector_run, connector_status, connector_logs (the PRD's connector:list ...), pipeline_validate,
+    pipeline_run, pipeline_status."""
+    settings = _settings(database_url, lakehouse, address)
+    server = load_server()
+    with _workers(settings, workers):
+        if http:
+            err.print(f"MCP over HTTP at http://{host}:{port}/mcp (Authorization: Bearer <token>)", highlight=False)
+        server.serve(settings, http=http, host=host, port=port, pipeline_workers=workers > 0)
+
+
+@contextmanager
+def _workers(settings: Settings, count: int) -> Iterator[None]:
+    """Start `count` workers for the server's lifetime; on exit they finish their current run and stop."""
+    procs: list[subprocess.Popen[bytes]] = []
+    env = dict(os.environ)
+    if settings.database_url:
+        env["IPAI_DATABASE_URL"] = settings.database_url  # through the environment: never on a command line
+    env["IPAI_LAKEHOUSE_URI"] = settings.lakehouse_uri
+    if settings.ray_address:
+        env["RAY_ADDRESS"] = settings.ray_address
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        for n in range(count):
+            with open(logs / f"mcp-worker-{n}.log", "ab") as log_file:
+                # stdout is the MCP protocol's channel on stdio: the workers write to their own files.
+                procs.append(subprocess.Popen([sys.executable, "-m", "engine.cli.main", "worker"], env=env,
+                                              stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file))
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=WORKER_STOP_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Tenant name or id (default: IPAI_TENANT, "
+                      "else local).", show_default=False)]
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="What the token is for (e.g. n8n, otto): letters, digits, _ and -.")],
+    tenant: TenantOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Make a bearer token for the tenant; it is printed once (only its hash is kept)."""
+    settings = _settings(database_url)
+    with _database(settings, quiet=True) as db, db.connect() as conn:
+        token = tokens.create_token(conn, tenant or settings.tenant, name)
+    out.print(token, highlight=False)
+    err.print(f"token {name} for tenant {tenant or settings.tenant}: shown once, store it now "
+              "(agents send it as Authorization: Bearer <token>)", highlight=False)
+
+
+@token_app.command("list")
+def token_list(database_url: DatabaseOpt = None) -> None:
+    """List live tokens (names and use, never the tokens)."""
+    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+        rows = tokens.list_tokens(conn)
+    if not rows:
+        out.print("no tokens: `ipai token create NAME` makes one")
+        return
+    table = Table()
+    for col in ("tenant", "name", "created", "last used"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["tenant"], r["name"], f"{r['created_at']:%Y-%m-%d %H:%M}",
+                      f"{r['last_used_at']:%Y-%m-%d %H:%M}" if r["last_used_at"] else "never")
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name.")],
+    tenant: TenantOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Revoke a token: requests carrying it are refused from now on."""
+    settings = _settings(database_url)
+    with _database(settings, quiet=True) as db, db.connect() as conn:
+        tokens.revoke_token(conn, tenant or settings.tenant, name)
+    out.print(f"token {name} revoked", highlight=False)

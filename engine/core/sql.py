@@ -1,0 +1,20 @@
+"""SQL helpers every layer shares: the one way identifiers are quoted, and errors from the database
+described in one line."""
+
+from __future__ import annotations
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier (the one place identifiers are quoted)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error from ADBC or the database: Postgres's own message (ADBC's text ends with the
+    SQLSTATE on a line of its own, which is all a first- or last-line summary would keep)."""
+    details = dict(getattr(exc, "details", None) or ())
+    primary = details.get(b"PG_DIAG_MESSAGE_PRIMARY")
+    if isinstance(primary, bytes):
+        state = getattr(exc, "sqlstate", None)
+        return primary.decode(errors="replace") + (f" (SQLSTATE {state})" if state else "")
+    return " ".join(str(exc).split())

@@ -1,0 +1,3 @@
+from tests.emulators.ga4.server import serve
+
+serve()

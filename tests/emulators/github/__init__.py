@@ -1,0 +1,1 @@
+"""The github emulator: `python -m tests.emulators.github --port 0 ...` (see `server.py`)."""

@@ -1,0 +1,3 @@
+from tests.emulators.github.server import serve
+
+serve()

@@ -1,0 +1,1 @@
+"""The odoo emulator: `python -m tests.emulators.odoo --port 0 ...` (see `server.py`)."""

@@ -1,0 +1,3 @@
+from tests.emulators.odoo.server import serve
+
+serve()
