@@ -1,10 +1,11 @@
 # The two quick-start commands: `make demo` (set up, then sync the sample shop on embedded defaults)
-# and `make test` (set up, then run the test suite). Both create .venv on first use.
+# and `make test` (set up, then run the test suite). Both create .venv on first use. `make test-fast` runs the
+# tests that start no Ray and no emulator (under two minutes; see tests/conftest.py for the `integration` marker).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast bench
 
 setup: $(VENV)/.installed
 
@@ -22,6 +23,9 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/mypy mcp/server.py  # a plain folder (never the mcp package): checked as a file
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration"
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -7,8 +7,10 @@ records them without loading a single connector); a connector's module is import
 model or streams are needed. The JSON Schema of specs (`connectors.specload.spec_json_schema`) and the
 control plane's list of source types (`ipai_source_types`) both come from this registry.
 
-Layering: connectors import `engine.core` only (and `connectors.httpkit`'s public names); the engine's run
-loop imports connectors, never the other way round.
+Layering: connectors import `engine.core` only, and one another's public names (`connectors.httpkit`,
+`connectors.database`); the engine's run loop imports connectors, never the other way round. A package
+(`database/`, `odoo/`, `httpkit/`) says in its `__init__` docstring what each of its modules does; its
+modules import each other, never the package.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Connector:
 
     source_type: str
     module: str
-    """The module that defines `spec_name` and `streams(spec)`; imported on first use."""
+    """The module, or package, that defines or re-exports `spec_name` and `streams(spec)`; imported on first use."""
     spec_name: str
     summary: str
     plans_with_ray: bool = False
@@ -50,14 +52,14 @@ class Connector:
 
 
 CONNECTORS: dict[str, Connector] = {c.source_type: c for c in (
-    Connector("database", "connectors.database.stream", "DatabaseSpec",
+    Connector("database", "connectors.database", "DatabaseSpec",
               "tables of a PostgreSQL database, read in parallel key ranges over ADBC"),
     Connector("sample", "connectors.sample", "SampleSpec", "a deterministic shop (customers, orders, order lines); no network"),
     Connector("http", "connectors.http", "HttpSpec", "any REST API, declared in YAML alone", plans_with_ray=True),
     Connector("ga4", "connectors.ga4", "Ga4Spec", "Google Analytics 4 reports, one partition per property and day"),
     Connector("github", "connectors.github", "GitHubSpec",
               "GitHub repositories, commits, pull requests, issues and issue comments", plans_with_ray=True),
-    Connector("odoo", "connectors.odoo.source", "OdooSpec",
+    Connector("odoo", "connectors.odoo", "OdooSpec",
               "Odoo's partners, invoices and journal items, sale orders and products: from its PostgreSQL "
               "or over JSON-RPC / JSON-2", plans_with_ray=True),
 )}

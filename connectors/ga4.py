@@ -22,13 +22,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from connectors.httpkit.components import (
-    DateWindows, ErrorRule, HttpSource, HttpStreamSpec, Incremental, OffsetPaginator, RateLimit, RetryPolicy,
-    ValuesPartitioner,
+from connectors.httpkit import (
+    DateWindows, ErrorRule, HttpApi, HttpSource, HttpStream, HttpStreamSpec, Incremental, OffsetPaginator, PageRequest,
+    QuotaReading, RateLimit, RetryPolicy, ValuesPartitioner, seconds_to_reset,
 )
-from connectors.httpkit.paginate import PageRequest
-from connectors.httpkit.requester import seconds_to_reset
-from connectors.httpkit.stream import HttpApi, HttpStream, QuotaReading
 from engine.core.protocol import Partition
 from engine.core.spec import NAME_PATTERN, ConnectorSpec, SpecModel
 

@@ -19,11 +19,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from connectors.httpkit.components import (
-    CursorParamPaginator, ErrorRule, HttpSource, HttpStreamSpec, Incremental, LinkHeaderPaginator, PageRanges,
-    ParentPartitioner, RateLimit, RetryPolicy, ValuesPartitioner,
+from connectors.httpkit import (
+    CursorParamPaginator, ErrorRule, HttpApi, HttpSource, HttpStream, HttpStreamSpec, Incremental, LinkHeaderPaginator,
+    PageRanges, ParentPartitioner, RateLimit, RetryPolicy, ValuesPartitioner,
 )
-from connectors.httpkit.stream import HttpApi, HttpStream
 from engine.core.spec import ConnectorSpec, SpecModel, repeated
 
 HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from connectors.httpkit.components import HttpSource, ParentPartitioner
-from connectors.httpkit.stream import HttpApi, HttpStream
+from connectors.httpkit import HttpApi, HttpSource, HttpStream, ParentPartitioner
 from engine.core.spec import ConnectorSpec
 
 

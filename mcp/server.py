@@ -41,7 +41,8 @@ from engine.controlplane.settings import Settings
 from engine.controlplane.db import Database, migrate, open_database
 from engine.core.errors import ConfigError, DatabaseUnreachable, IpaiError, NotFound, RunConflict, SpecError
 from engine.pipelines.definition import Pipeline, load_pipeline, parse_pipeline
-from engine.pipelines.runner import check_instances, pipeline_status, start_pipeline
+from engine.pipelines.records import check_instances, pipeline_status
+from engine.pipelines.runner import start_pipeline
 from engine.core.secrets import secret_refs
 from engine.controlplane.vault import list_secrets, vault_session
 from engine.core.spec import ConnectorSpec, redact_url

@@ -1,23 +1,64 @@
 """Shared fixtures: a real PostgreSQL (the local server when reachable, else the embedded one), a fresh
-database per test, a Delta lakehouse in a temp folder, and one local Ray instance for the whole session."""
+database per test, a Delta lakehouse in a temp folder, and one local Ray instance for the whole session.
+
+Fast and integration tests. A test is `integration` when it starts Ray, an emulator or another long-lived
+process; `pytest -m "not integration"` (`make test-fast`) runs the rest. Marking is automatic where it can be:
+a test that requests `ray_cluster` or `embedded_server`, directly or through another fixture, is marked here,
+so it cannot be forgotten. The few modules that start processes some other way (the emulator self-tests, the
+Ray Jobs head) say `pytestmark = pytest.mark.integration` themselves. A forgotten marker does not go unnoticed
+either: while an unmarked test runs, starting Ray, a Ray head or an emulator fails it, naming the marker.
+Marking modules by hand alone would let a new Ray test slip into the fast set; this way the marker follows
+what the test actually uses.
+"""
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import ray
 
 from engine.controlplane.settings import Settings
-from engine.controlplane.db import Database, start_embedded, with_database
+from engine.controlplane.db import Database, start_embedded
+from engine.run import localray
 from engine.run.raytime import ensure_ray
-from engine.controlplane.vault import set_secret, vault_session
+from tests.emulators.harness import EmulatorProcess
+from tests.support.databases import scratch_database
+from tests.support.vault import Vault
 
 SERVER_URL = os.environ.get("IPAI_TEST_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+INTEGRATION_FIXTURES = {"ray_cluster", "embedded_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Refuse, while an unmarked test and its fixtures run, what only integration tests may start."""
+    if item.get_closest_marker("integration") is not None:
+        yield
+        return
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            pytest.fail(f"{item.nodeid} {what} but is not marked integration: request the ray_cluster fixture, "
+                        "or give its module `pytestmark = pytest.mark.integration`", pytrace=False)
+        return refused
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray, "init", refuse("starts Ray"))
+        mp.setattr(localray, "start", refuse("starts a Ray head"))
+        mp.setattr(EmulatorProcess, "start", refuse("starts an emulator process"))
+        yield
 
 
 def _server_reachable(url: str) -> bool:
@@ -43,28 +84,18 @@ def admin_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("embedded_server").url
 
 
-def _fresh_database(admin: str) -> Iterator[Database]:
-    name = f"ipai_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    url = with_database(admin, name)
-    try:
-        yield Database(url)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
-
-
 @pytest.fixture
 def database(admin_url: str) -> Iterator[Database]:
     """A fresh, empty database for one test."""
-    yield from _fresh_database(admin_url)
+    with scratch_database(admin_url) as db:
+        yield db
 
 
 @pytest.fixture
 def embedded_database(embedded_server: Database) -> Iterator[Database]:
     """A fresh database on the embedded PostgreSQL, whatever else is reachable."""
-    yield from _fresh_database(embedded_server.url)
+    with scratch_database(embedded_server.url) as db:
+        yield db
 
 
 @pytest.fixture(scope="session")
@@ -79,30 +110,6 @@ def ray_cluster() -> Iterator[None]:
 def settings(tmp_path: Path, database: Database) -> Settings:
     return Settings(home=tmp_path / "home", database_url=database.url,
                     lakehouse_uri=str(tmp_path / "lakehouse"), ray_address=None)
-
-
-class Vault:
-    """The test database's Vault, as an admin sees it (the local tenant, the key under the test's home)."""
-
-    def __init__(self, settings: Settings, database: Database) -> None:
-        self.settings, self.database = settings, database
-
-    def set(self, name: str, value: str) -> None:
-        set_secret(self.database, self.settings.home, name, value)
-
-    def _admin(self) -> psycopg.Connection:
-        return self.database.with_session(vault_session(self.settings.home)).connect()
-
-    def get(self, name: str) -> str | None:
-        with self._admin() as conn:
-            row = conn.execute("select decrypted_secret from vault.decrypted_secrets"
-                               " where name = 'ipai/' || ipai.current_tenant() || '/' || %s", (name,)).fetchone()
-        return row[0] if row else None
-
-    def delete(self, name: str) -> None:
-        with self._admin() as conn:
-            conn.execute("delete from vault.secrets where name = 'ipai/' || ipai.current_tenant() || '/' || %s",
-                         (name,))
 
 
 @pytest.fixture

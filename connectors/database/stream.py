@@ -2,7 +2,7 @@
 
 PostgreSQL (`postgresql://`), MySQL and MariaDB (`mysql://`) and SQLite files (`sqlite:///path`); what
 differs between them (driver, catalog, quoting, bound values, types) is a `Dialect`, in
-connectors/database/dialects.py. Each table is a stream. Planning asks the source once: the table and columns
+connectors/database/dialects/. Each table is a stream. Planning asks the source once: the table and columns
 exist, the primary key, the partition key (the integer primary key unless `partition_on` names another
 indexed integer column), its min and max, and the row estimate; the key range is cut into partitions of
 about `partition_rows` rows (ranges from min/max over an index, never a hash that scans the whole table
@@ -19,7 +19,7 @@ A stream may be a query instead of a table (`query:` a SELECT, with a `name:`): 
 as a subquery (`select ... from (<query>) as q where <key range> and <cursor window>`), so key ranges and
 cursor windows work unchanged and the database pushes them into the query. Its columns and types come
 from the database's own description of the result, without running it and without writing to the
-database (a read-only replica will do; how each database describes it: connectors/database/dialects.py). A query
+database (a read-only replica will do; how each database describes it: connectors/database/dialects/). A query
 that does not compile is refused while planning, with the server's message. Its primary key is what
 `primary_key:` says; whether its cursor is indexed cannot be known, so no index warning is given, and
 it has no change log to follow (no sync_mode cdc).
@@ -27,131 +27,18 @@ it has no change log to follow (no sync_mode cdc).
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
 
-from connectors.database.dialects import Catalog, Column, Dialect, dialect_for
+from connectors.database.dialects import Catalog, Dialect, dialect_for
+from connectors.database.spec import DatabaseSpec, TableSpec
 from engine.core.errors import ConfigError
 from engine.core.protocol import Partition, Plan, PlanContext, ReadContext
-from engine.core.spec import NAME_PATTERN, ConnectorSpec, SecretRef, SpecModel, redact_url
-
-
-class TableSpec(SpecModel):
-    """One table, or one query, to sync as a stream."""
-
-    table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
-    """`schema.table`, or `table` in `public`."""
-    query: str | None = None
-    """A SELECT (or WITH ... SELECT) read instead of a table; needs `name:`. `cursor`, `primary_key` and
-    `partition_on` then name columns of its result."""
-    name: str | None = Field(default=None, pattern=NAME_PATTERN)
-    """Stream name (bronze table `raw_<spec name>_<name>`); defaults to the table's name in lower case."""
-    cursor: str | None = None
-    """Column that grows when a row changes (`updated_at`, `write_date`, a sequence); needed for incremental."""
-    primary_key: tuple[str, ...] = ()
-    """Defaults to the table's primary key (a query has none unless given)."""
-    partition_on: str | None = None
-    """Integer column to cut into ranges; defaults to a single-column integer primary key."""
-    slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$")
-    """sync_mode cdc (PostgreSQL): the replication slot and publication; defaults to `ipai_<spec>_<stream>`."""
-
-    @field_validator("query")
-    @classmethod
-    def _one_select(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        text = value.strip().rstrip(";").rstrip()
-        if not re.match(r"(?is)^(select|with)\b", text):
-            raise ValueError("a query stream reads one SELECT (or WITH ... SELECT) statement")
-        return text
-
-    @model_validator(mode="after")
-    def _table_or_query(self) -> TableSpec:
-        if (self.table is None) == (self.query is None):
-            raise ValueError("give exactly one of `table:` and `query:`")
-        if self.query is not None and self.name is None:
-            raise ValueError("a query stream needs `name:` (its bronze table is raw_<spec name>_<name>)")
-        return self
-
-    @property
-    def schema_name(self) -> str:
-        assert self.table is not None, "a query stream has no schema"
-        return self.table.split(".")[0] if "." in self.table else "public"
-
-    @property
-    def table_name(self) -> str:
-        assert self.table is not None, "a query stream has no table"
-        return self.table.split(".")[-1]
-
-    @property
-    def stream_name(self) -> str:
-        return self.name or self.table_name.lower()
-
-    @property
-    def label(self) -> str:
-        """How messages name what the stream reads."""
-        return self.table or f"the query of stream {self.name}"
-
-
-def checked_url(value: str | SecretRef, schemes: tuple[str, ...], advice: str) -> str | SecretRef:
-    """A source database URL from a spec: one of `schemes`, and never a password in clear."""
-    if isinstance(value, str):
-        if redact_url(value) != value:
-            raise ValueError("the URL carries a password; store the whole URL as a secret "
-                             "(`ipai secret set NAME`) and write url: {secret: NAME}")
-        if not value.startswith(schemes):
-            raise ValueError(advice)
-    return value
-
-
-class DatabaseSource(SpecModel):
-    """A database reached by URL, and the tables to read from it."""
-
-    url: str | SecretRef
-    """`postgresql://user@host:port/db` or `sqlite:///absolute/path.db`; a URL with a password must be a
-    secret reference."""
-    tables: tuple[TableSpec, ...] = Field(min_length=1)
-    partition_rows: int = Field(default=500_000, ge=1_000)
-    """About how many rows one partition (one Ray task) reads."""
-    lookback_s: int = Field(default=0, ge=0)
-    """Re-read this many seconds before the stored cursor of timestamp cursors (late commits)."""
-
-    @field_validator("tables")
-    @classmethod
-    def _one_stream_per_name(cls, tables: tuple[TableSpec, ...]) -> tuple[TableSpec, ...]:
-        names = [t.stream_name for t in tables]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"two tables make stream {dupes[0]!r}; give one a `name:`")
-        return tables
-
-    @field_validator("url")
-    @classmethod
-    def _no_password_in_clear(cls, value: str | SecretRef) -> str | SecretRef:
-        return checked_url(value, ("postgresql://", "postgres://", "mysql://", "mariadb://", "sqlite:///"),
-                           "use a postgresql://, mysql:// (MySQL, MariaDB) or sqlite:/// URL")
-
-
-class DatabaseSpec(ConnectorSpec):
-    """A spec reading tables of a database."""
-
-    source_type: Literal["database"]
-    source: DatabaseSource
-
-    @model_validator(mode="after")
-    def _no_query_follows_the_log(self) -> DatabaseSpec:
-        for t in self.source.tables:
-            if t.query is not None and self.stream_mode(t.stream_name) == "cdc":
-                raise ValueError(f"stream {t.stream_name}: a query has no change log to follow (sync_mode cdc); "
-                                 "read it incrementally, or stream its tables with cdc")
-        return self
+from engine.core.spec import SecretRef
 
 
 def _to_json(value: Any) -> Any:
@@ -200,14 +87,6 @@ class DatabaseStream:
     def _url(self, secrets: dict[str, str]) -> str:
         return secrets[self.url.secret] if isinstance(self.url, SecretRef) else self.url
 
-    def partition_key(self, d: Dialect, by_name: dict[str, Column], pk: tuple[str, ...]) -> str | None:
-        """The integer column cut into ranges: `partition_on`, else a single-column integer primary key."""
-        key = self.table.partition_on or (pk[0] if len(pk) == 1 and d.is_integer(by_name[pk[0]]) else None)
-        if key is not None and not d.is_integer(by_name[key]):
-            raise ConfigError(f"stream {self.name}: partition_on column {key!r} is {by_name[key].type}; "
-                              "give an integer column")
-        return key
-
     def resumable(self, partitions: list[Partition]) -> bool:
         """Whether an unfinished extraction can go on (a CDC snapshot cannot outlive the run that exported it)."""
         from connectors.database.cdc import replication
@@ -250,7 +129,7 @@ class DatabaseStream:
             if t.cursor is not None and not d.cursor_ok(by_name[t.cursor]):
                 raise ConfigError(f"stream {self.name}: cursor column {t.cursor!r} is {by_name[t.cursor].type}; "
                                   "use an integer, numeric, date or timestamp column")
-            key = self.partition_key(d, by_name, pk)
+            key = d.partition_key(t, by_name, pk)
             warnings: list[str] = []
             cursor_lo = cursor_hi = None
             if t.cursor is not None and ctx.sync_mode == "incremental":
@@ -263,7 +142,8 @@ class DatabaseStream:
                 if cursor_hi is None or (cursor_lo is not None and not _before(cursor_lo, cursor_hi)):
                     return Plan([], cursor_to=ctx.cursor, warnings=tuple(warnings), primary_key=tuple(pk))
             window = (cursor_lo, cursor_hi)
-            ranges = self._ranges(d, cat, key, by_name, window if cursor_lo is not None else None)
+            ranges = d.key_ranges(cat, t, key, by_name, window if cursor_lo is not None else None,
+                                  partition_rows=self.partition_rows)
         parts = [Partition(self.name, (("key", key or ""), ("from", lo), ("to", hi)), window) for lo, hi in ranges]
         return Plan(parts, cursor_to=cursor_hi if t.cursor is not None and ctx.sync_mode == "incremental" else None,
                     warnings=tuple(warnings), primary_key=tuple(pk))
@@ -272,28 +152,6 @@ class DatabaseStream:
         if cursor is None or not self.lookback_s or typ.lower() not in ("timestamp", "timestamptz", "datetime"):
             return cursor
         return (datetime.fromisoformat(cursor) - timedelta(seconds=self.lookback_s)).isoformat(timespec="microseconds")
-
-    def _ranges(self, d: Dialect, cat: Catalog, key: str | None, by_name: dict[str, Column],
-                window: tuple[Any, Any] | None) -> list[tuple[int | None, int | None]]:
-        t = self.table
-        if key is None:
-            return [(None, None)]
-        q = d.quote(key)
-        if window is not None:
-            c, typ = d.quote(t.cursor or ""), by_name[t.cursor or ""].type
-            row = cat.one(f"select count(*), min({q}), max({q}) from {d.relation(t)}"
-                          f" where {c} > {d.bound(1, typ)} and {c} <= {d.bound(2, typ)}",
-                          tuple(d.value(v, typ) for v in window))
-            rows, lo, hi = row if row else (0, None, None)
-        else:
-            row = cat.one(f"select min({q}), max({q}) from {d.relation(t)}")
-            lo, hi = row if row else (None, None)
-            rows = d.estimate(cat, t)
-        if lo is None or hi is None:
-            return []
-        n = max(1, min(math.ceil(rows / self.partition_rows), (hi - lo + 1)))
-        step = math.ceil((hi - lo + 1) / n)
-        return [(a, min(a + step, hi + 1)) for a in range(lo, hi + 1, step)]
 
     def open(self, ctx: ReadContext) -> DatabaseReader:
         return DatabaseReader(self, self._url(ctx.secrets))
@@ -307,19 +165,19 @@ class DatabaseReader:
         self.stream, self.url = stream, url
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
-        from connectors.database.cdc import replication
+        from connectors.database.cdc import changes
 
         d = dialect_for(self.url)
         where = dict(partition.where)
         if "slot" in where:  # CDC: the changes of a window of the replication slot
             with d.catalog(self.url) as cat:
                 columns, pk = d.columns(cat, self.stream.table, self.url)
-            yield from replication.read_changes(columns, pk, self.url, partition)
+            yield from changes.read_changes(columns, pk, self.url, partition)
             return
         snapshot = where.get("snapshot")
         with d.catalog(self.url, snapshot=snapshot) as cat:  # one connection: the catalog, then the rows
             for batch in self._read(d, cat, partition):
-                yield batch if snapshot is None else replication.with_snapshot_columns(batch, where["lsn"])
+                yield batch if snapshot is None else changes.with_snapshot_columns(batch, where["lsn"])
 
     def _read(self, d: Dialect, cat: Catalog, partition: Partition) -> Iterator[pa.RecordBatch]:
         t = self.stream.table

@@ -2,7 +2,8 @@
 
 Each model validates straight from YAML (STYLE 6) and is a frozen value that crosses Ray boundaries.
 Runtime behaviour lives beside them: `paginate.py` (paginators), `errors.py` (the error table),
-`retry.py`, `budget.py` (rate limits and quotas), `partition.py` (partitioners and cursors).
+`requester.py` (retries, following `RetryPolicy`), `budget.py` and `credential.py` (rate limits and
+quotas), `stream.py` (partitioners), `cursor.py` and `gather.py` (cursors, incremental windows).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@
     └── QuotaDeferred         a daily quota is spent: the run parks as `deferred` until the reset
 
 Rules are tried in order: the stream's own (`errors:` in the spec), the connector's, then DEFAULT_RULES.
+The whole error tree, these included, is drawn in engine/core/errors.py.
 """
 
 from __future__ import annotations

@@ -29,18 +29,15 @@ import math
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from connectors.httpkit.egress import EgressPolicy
-from connectors.httpkit.errors import HttpFailed
+from connectors.httpkit import EgressPolicy, HttpFailed
 from connectors.odoo.rpc import OdooRpc, connect
+from connectors.odoo.spec import OdooApiSource
 from engine.core.protocol import Partition, Plan, PlanContext, ReadContext
 from engine.core.secrets import SecretStore
-
-if TYPE_CHECKING:
-    from connectors.odoo.source import OdooApiSource
 
 T = TypeVar("T")
 WIRE_DATETIME = "%Y-%m-%d %H:%M:%S"

@@ -20,23 +20,18 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookies import SimpleCookie
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
-from connectors.httpkit.components import ErrorRule
-from connectors.httpkit.credential import CredentialRef
-from connectors.httpkit.egress import EgressPolicy
-from connectors.httpkit.errors import DEFAULT_RULES, HttpFailed
-from connectors.httpkit.paginate import PageRequest
-from connectors.httpkit.records import loads
-from connectors.httpkit.requester import CredentialHandle, Requester, Response
+from connectors.httpkit import (
+    DEFAULT_RULES, CredentialHandle, CredentialRef, EgressPolicy, ErrorRule, HttpFailed, PageRequest, Requester,
+    Response, loads,
+)
+from connectors.odoo.spec import OdooApiSource
 from engine.core.errors import TransientError
 from engine.core.secrets import Redactor, SecretStore
 from engine.core.spec import NoAuth
-
-if TYPE_CHECKING:
-    from connectors.odoo.source import OdooApiSource
 
 RULES = (
     ErrorRule(status=(401,), action="fail",
@@ -53,8 +48,9 @@ TRANSIENT = ("SerializationFailure", "TransactionRollbackError", "LockNotAvailab
 """Odoo errors a concurrent update causes: the read task is tried again."""
 
 
-class SessionExpired(Exception):
-    """Odoo's error code 100, "Odoo Session Expired" (odoo.md s.8)."""
+class SessionExpired(HttpFailed):
+    """Odoo's error code 100, "Odoo Session Expired" (odoo.md s.8): a web session logs in again, once; an
+    expiry that escapes (any other call, or the second time) fails the partition like any HttpFailed."""
 
 
 class OdooRpc:

@@ -14,15 +14,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from engine.cli.common import DatabaseOpt, control_plane, err, out, resolve_settings
 from layers.gold.apply import DEFAULT_DIRECTORY, apply_gold, list_gold
 
 gold_app = typer.Typer(help="Gold views: documented business views over silver, read by the analyst role "
                        "(Superset).", no_args_is_help=True)
-
-# Imported only once gold_app exists: engine.cli.main imports this module to register it, and under
-# `python -m engine.cli.main` that import runs engine/cli/main.py a second time (as `engine.cli.main`), whose own
-# registration line must then find gold_app here.
-from engine.cli.main import DatabaseOpt, _database, _settings, err, out  # noqa: E402
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="Folder of gold_<domain>_<entity>.sql files, each with "
                                       "its .yaml.", file_okay=False)]
@@ -31,7 +27,7 @@ DirOpt = Annotated[Path, typer.Option("--dir", help="Folder of gold_<domain>_<en
 @gold_app.command("apply")
 def gold_apply(directory: DirOpt = DEFAULT_DIRECTORY, database_url: DatabaseOpt = None) -> None:
     """Create or replace every view of the folder in schema gold, with its documentation as comments."""
-    with _database(_settings(database_url)) as db, db.connect() as conn:
+    with control_plane(resolve_settings(database_url)) as db, db.connect() as conn:
         result = apply_gold(conn, directory)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -50,7 +46,7 @@ def gold_apply(directory: DirOpt = DEFAULT_DIRECTORY, database_url: DatabaseOpt 
 @gold_app.command("list")
 def gold_list(directory: DirOpt = DEFAULT_DIRECTORY, database_url: DatabaseOpt = None) -> None:
     """List the folder's views and those in the database, and whether each is applied."""
-    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+    with control_plane(resolve_settings(database_url), quiet=True) as db, db.connect() as conn:
         listing = list_gold(conn, directory)
     table = Table("view", "applied", "columns", "description")
     for view in listing:

@@ -16,16 +16,12 @@ from deltalake.exceptions import DeltaError
 from rich.markup import escape
 from rich.table import Table
 
+from engine.cli.common import LakehouseOpt, err, out, resolve_settings
 from engine.core.errors import ConfigError, IpaiError
 from layers.lakehouse.upkeep import Layer, TableReport, TableStats, UpkeepOptions
 
 lakehouse_app = typer.Typer(help="The Delta lakehouse: list tables, compact and vacuum them, export Parquet.",
                             no_args_is_help=True)
-
-# Imported only once lakehouse_app exists: engine.cli.main imports this module to register it, and under
-# `python -m engine.cli.main` that import runs engine/cli/main.py a second time (as `engine.cli.main`), whose own
-# registration line must then find lakehouse_app here.
-from engine.cli.main import LakehouseOpt, _settings, err, out  # noqa: E402
 
 TableArg = Annotated[str, typer.Argument(metavar="TABLE", help="Table name (e.g. raw_shop_orders) or a "
                                          "Delta table's folder.")]
@@ -54,7 +50,7 @@ def tables(layer: LayerOpt = None, lakehouse: LakehouseOpt = None) -> None:
 
     from layers.lakehouse.upkeep import list_tables, table_stats
 
-    settings = _settings(lakehouse=lakehouse)
+    settings = resolve_settings(lakehouse=lakehouse)
     with _reported():
         refs = list_tables(settings.lakehouse_uri, layer=layer)
         stats = [table_stats(DeltaTable(ref.uri)) for ref in refs]
@@ -96,7 +92,7 @@ def optimize(
     Writers may keep appending meanwhile. Vacuum keeps every file a version within the retention needs."""
     from layers.lakehouse.upkeep import find_tables, plan_upkeep, run_upkeep
 
-    settings = _settings(lakehouse=lakehouse)
+    settings = resolve_settings(lakehouse=lakehouse)
     options = UpkeepOptions(retention_hours=retention_hours, force=force, dry_run=dry_run,
                             target_size=target_size_mb * 1024 * 1024 if target_size_mb else None,
                             zorder_by=tuple(zorder or ()))
@@ -143,7 +139,7 @@ def export(
     from layers.lakehouse.export import export_parquet
     from layers.lakehouse.upkeep import find_tables
 
-    settings = _settings(lakehouse=lakehouse)
+    settings = resolve_settings(lakehouse=lakehouse)
     with _reported():
         [ref] = find_tables(settings.lakehouse_uri, table, layer=layer)
         result = export_parquet(ref.uri, to, version=version, partition_by=partition_by)

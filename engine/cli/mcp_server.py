@@ -16,8 +16,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from engine.cli.common import DatabaseOpt, LakehouseOpt, control_plane, err, out, resolve_settings
 from engine.controlplane import tokens
-from engine.cli.main import DatabaseOpt, LakehouseOpt, _database, _settings, err, out
 from engine.controlplane.settings import Settings
 from engine.core.errors import ConfigError
 
@@ -57,7 +57,7 @@ def mcp_command(
     """Serve the platform's tools to agents over MCP: connector_list, connector_validate, connector_create,
     connector_run, connector_status, connector_logs (the PRD's connector:list ...), pipeline_validate,
     pipeline_run, pipeline_status."""
-    settings = _settings(database_url, lakehouse, address)
+    settings = resolve_settings(database_url, lakehouse, address)
     server = load_server()
     with _workers(settings, workers):
         if http:
@@ -81,7 +81,7 @@ def _workers(settings: Settings, count: int) -> Iterator[None]:
         for n in range(count):
             with open(logs / f"mcp-worker-{n}.log", "ab") as log_file:
                 # stdout is the MCP protocol's channel on stdio: the workers write to their own files.
-                procs.append(subprocess.Popen([sys.executable, "-m", "engine.cli.main", "worker"], env=env,
+                procs.append(subprocess.Popen([sys.executable, "-m", "engine.cli", "worker"], env=env,
                                               stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file))
         yield
     finally:
@@ -105,8 +105,8 @@ def token_create(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Make a bearer token for the tenant; it is printed once (only its hash is kept)."""
-    settings = _settings(database_url)
-    with _database(settings, quiet=True) as db, db.connect() as conn:
+    settings = resolve_settings(database_url)
+    with control_plane(settings, quiet=True) as db, db.connect() as conn:
         token = tokens.create_token(conn, tenant or settings.tenant, name)
     out.print(token, highlight=False)
     err.print(f"token {name} for tenant {tenant or settings.tenant}: shown once, store it now "
@@ -116,7 +116,7 @@ def token_create(
 @token_app.command("list")
 def token_list(database_url: DatabaseOpt = None) -> None:
     """List live tokens (names and use, never the tokens)."""
-    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+    with control_plane(resolve_settings(database_url), quiet=True) as db, db.connect() as conn:
         rows = tokens.list_tokens(conn)
     if not rows:
         out.print("no tokens: `ipai token create NAME` makes one")
@@ -137,7 +137,7 @@ def token_revoke(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Revoke a token: requests carrying it are refused from now on."""
-    settings = _settings(database_url)
-    with _database(settings, quiet=True) as db, db.connect() as conn:
+    settings = resolve_settings(database_url)
+    with control_plane(settings, quiet=True) as db, db.connect() as conn:
         tokens.revoke_token(conn, tenant or settings.tenant, name)
     out.print(f"token {name} revoked", highlight=False)

@@ -15,15 +15,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from engine.cli.common import DatabaseOpt, LakehouseOpt, control_plane, err, out, resolve_settings
 from engine.core.errors import SpecError
 
 pipeline_app = typer.Typer(help="Pipelines: connector runs and gold refreshes in dependency order "
                            "(A and B in parallel, then gold).", no_args_is_help=True)
-
-# Imported only once pipeline_app exists: engine.cli.main imports this module to register it, and under
-# `python -m engine.cli.main` that import runs engine/cli/main.py a second time (as `engine.cli.main`), whose own
-# registration line must then find pipeline_app here.
-from engine.cli.main import DatabaseOpt, LakehouseOpt, _database, _settings, err, out  # noqa: E402
 
 FileArg = Annotated[Path, typer.Argument(metavar="FILE", help="Pipeline YAML.", dir_okay=False)]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address for local workers "
@@ -45,14 +41,14 @@ def pipeline_validate(
 ) -> None:
     """Check pipeline files and the spec files they name; report every error with its path."""
     from engine.pipelines.definition import load_pipeline, topological
-    from engine.pipelines.runner import check_instances
+    from engine.pipelines.records import check_instances
 
     failed = 0
     for path in files:
         try:
             pipeline = load_pipeline(path)
             if instances:
-                with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+                with control_plane(resolve_settings(database_url), quiet=True) as db, db.connect() as conn:
                     check_instances(conn, pipeline)
         except SpecError as exc:
             failed += 1
@@ -77,11 +73,12 @@ def pipeline_run(
 ) -> None:
     """Run FILE: steps whose needs have succeeded run together; a failed step stops only its dependants."""
     from engine.pipelines.definition import load_pipeline
-    from engine.pipelines.runner import execute_pipeline, record_pipeline, start_pipeline
+    from engine.pipelines.records import record_pipeline
+    from engine.pipelines.runner import execute_pipeline, start_pipeline
 
     pipeline = load_pipeline(file)
-    settings = _settings(database_url, lakehouse, address)
-    with _database(settings) as db:
+    settings = resolve_settings(database_url, lakehouse, address)
+    with control_plane(settings) as db:
         if not wait:
             run_id = start_pipeline(db, settings, pipeline, local_workers=not no_workers, max_workers=workers)
             out.print(f"pipeline run {run_id} started in the background ({pipeline.name})", highlight=False)
@@ -111,8 +108,8 @@ def pipeline_attach(
     """Run a pipeline run recorded by `start_pipeline` (what `run --no-wait` starts in the background)."""
     from engine.pipelines.runner import attach_pipeline
 
-    settings = _settings()
-    with _database(settings, quiet=True) as db:
+    settings = resolve_settings()
+    with control_plane(settings, quiet=True) as db:
         status = attach_pipeline(db, settings, pipeline_run_id, local_workers=not no_workers, max_workers=workers,
                                  on_event=_print_event)
     _print_status(status)
@@ -127,9 +124,9 @@ def pipeline_status_cmd(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show a pipeline run: its status, which step failed and why, and each step with its connector run."""
-    from engine.pipelines.runner import pipeline_status
+    from engine.pipelines.records import pipeline_status
 
-    with _database(_settings(database_url), quiet=True) as db, db.connect() as conn:
+    with control_plane(resolve_settings(database_url), quiet=True) as db, db.connect() as conn:
         status = pipeline_status(conn, pipeline_run_id)
     if as_json:
         out.print(json.dumps(status), highlight=False, soft_wrap=True, markup=False)

@@ -142,6 +142,15 @@ def find_instance(conn: psycopg.Connection[Any], ref: str, *, env: str | None = 
     raise NotFound(f"no connector instance {ref!r}; {hint}")
 
 
+def instance_spec(conn: psycopg.Connection[Any], instance: dict[str, Any]) -> ConnectorSpec:
+    """Return the spec an instance (a `find_instance` record) runs: its definition's YAML, validated."""
+    from connectors.specload import parse_spec
+
+    row = conn.execute("select yaml_spec from connector_definitions where id = %s",
+                       (instance["definition_id"],)).fetchone()
+    return parse_spec(row[0] if row else "", filename=f"instance {instance['name']}")
+
+
 def list_runs(conn: psycopg.Connection[Any], *, instance_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(

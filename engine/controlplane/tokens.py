@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from engine.controlplane.tenants import require_tenant
 from engine.core.errors import ConfigError, NotFound
 
 PREFIX = "ipai_"
@@ -39,7 +40,7 @@ def create_token(conn: psycopg.Connection[Any], tenant: str, name: str) -> str:
     """Make a token for `tenant` (name or id) and return it; only its hash is stored."""
     if not NAME.match(name):
         raise ConfigError(f"token name {name!r}: lower case letters, digits, _ and -, starting with a letter")
-    tenant_id = _tenant_id(conn, tenant)
+    tenant_id = require_tenant(conn, tenant)
     token = PREFIX + secrets.token_urlsafe(32)
     try:
         conn.execute("insert into ipai_api_tokens (tenant_id, name, token_sha256) values (%s, %s, %s)",
@@ -60,7 +61,7 @@ def list_tokens(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 def revoke_token(conn: psycopg.Connection[Any], tenant: str, name: str) -> None:
     cur = conn.execute("update ipai_api_tokens set revoked_at = now() where tenant_id = %s and name = %s"
-                       " and revoked_at is null", (_tenant_id(conn, tenant), name))
+                       " and revoked_at is null", (require_tenant(conn, tenant), name))
     if cur.rowcount == 0:
         raise NotFound(f"tenant {tenant} has no live token named {name!r}; `ipai token list` shows them")
 
@@ -74,10 +75,3 @@ def verify_token(conn: psycopg.Connection[Any], token: str) -> TokenOwner | None
         " where k.token_sha256 = %s and k.revoked_at is null and t.id = k.tenant_id"
         " returning k.id, k.name, k.tenant_id, t.name", (digest(token),)).fetchone()
     return TokenOwner(str(row[0]), row[1], str(row[2]), row[3]) if row else None
-
-
-def _tenant_id(conn: psycopg.Connection[Any], tenant: str) -> str:
-    row = conn.execute("select id from ipai_tenants where name = %s or id::text = %s", (tenant, tenant)).fetchone()
-    if row is None:
-        raise NotFound(f"no tenant {tenant!r}; `ipai tenant create {tenant}` makes it")
-    return str(row[0])

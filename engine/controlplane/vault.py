@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from engine.core.errors import ConfigError
+from engine.core.spec import SecretRef
 
 KEY_ENV = "IPAI_VAULT_KEY"
 KEY_FILE = "vault.key"
@@ -90,6 +91,17 @@ def read_as_admin(conn: psycopg.Connection[Any], tenant_id: str, name: str) -> s
     row = conn.execute("select decrypted_secret from vault.decrypted_secrets where name = %s",
                        (f"ipai/{tenant_id}/{name}",)).fetchone()
     return None if row is None else row[0]
+
+
+def value_as_admin(conn: psycopg.Connection[Any], tenant_id: str, value: str | SecretRef, *, field: str) -> str:
+    """Return `value`, or the tenant's secret it references (read as admin, see `read_as_admin`); raise
+    ConfigError naming the spec's `field` when that secret is not set."""
+    if not isinstance(value, SecretRef):
+        return value
+    found = read_as_admin(conn, tenant_id, value.secret)
+    if found is None:
+        raise ConfigError(f"{field}: secret {value.secret!r} is not set in the Vault")
+    return found
 
 
 def store_secret(conn: psycopg.Connection[Any], name: str, value: str) -> bool:

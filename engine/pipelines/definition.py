@@ -61,7 +61,7 @@ class GoldStep(SpecModel):
 
     gold: Literal["apply"]
     dir: str | None = None
-    """Folder of the gold views, relative to the pipeline file; the views shipped in layers/gold when omitted."""
+    """Folder of the gold views, relative to the pipeline file; the views shipped in layers/gold/views when omitted."""
     needs: tuple[str, ...] = ()
     """Steps that must succeed before this one starts."""
 
@@ -100,13 +100,13 @@ class Step:
 
     @property
     def target(self) -> str:
-        """What the step acts on, for people: `github_prod (prod)`, `../sample.yaml`, `apply layers/gold`."""
+        """What the step acts on, for people: `github_prod (prod)`, `../sample.yaml`, `apply layers/gold/views`."""
         c = self.config
         if isinstance(c, RunStep):
             return c.run + (f" ({c.env})" if c.env else "")
         if isinstance(c, SpecStep):
             return c.spec
-        return f"apply {c.dir or 'layers/gold'}"
+        return f"apply {c.dir or 'layers/gold/views'}"
 
     @property
     def instance(self) -> tuple[str, str | None] | None:

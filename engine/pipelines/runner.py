@@ -25,52 +25,23 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from engine.controlplane import records
 from engine.controlplane.settings import Settings
-from engine.controlplane.db import Database, migrate
+from engine.controlplane.db import Database
 from engine.core.errors import IpaiError, NotFound, SpecError
-from engine.pipelines.definition import GoldStep, Pipeline, RunStep, Step, parse_pipeline
+from engine.pipelines.definition import GoldStep, Pipeline, Step, parse_pipeline
+from engine.pipelines.records import (StepState, finish, initial_state, pipeline_status,
+                                       record_pipeline, status_of)
 from engine.pipelines.workers import LocalWorkers
-from engine.core.yamlfile import SpecIssue
 
 POLL_S = 0.5
 HEARTBEAT_S = 5.0
-STALE_S = 60.0
-"""A running pipeline whose heartbeat is older than this has lost its process."""
-ENDED = ("succeeded", "failed", "deferred", "skipped")
-
-
-@dataclass
-class StepState:
-    """What one step did; stored in `pipeline_runs.steps` and passed to `on_event`."""
-
-    name: str
-    kind: str
-    target: str
-    needs: list[str]
-    status: str = "pending"
-    """pending | queued | running | succeeded | failed | deferred | skipped"""
-    instance: str | None = None
-    run_id: str | None = None
-    rows: int | None = None
-    detail: str | None = None
-    error: str | None = None
-    blocked_by: str | None = None
-    """For a skipped step: the step upstream that failed (or was deferred), so it did not run."""
-    started_at: str | None = None
-    ended_at: str | None = None
-
-    @property
-    def ended(self) -> bool:
-        return self.status in ENDED
-
 
 OnEvent = Callable[[StepState], None]
 
@@ -96,7 +67,7 @@ def start_pipeline(db: Database, settings: Settings, pipeline: Pipeline, *, loca
     pipeline_run_id = record_pipeline(db, pipeline)
     with db.connect() as conn:
         tenant = str(conn.execute("select ipai.current_tenant()").fetchone()[0])  # type: ignore[index]
-    cmd = [sys.executable, "-m", "engine.cli.main", "pipeline", "attach", pipeline_run_id]
+    cmd = [sys.executable, "-m", "engine.cli", "pipeline", "attach", pipeline_run_id]
     if not local_workers:
         cmd.append("--no-workers")
     if max_workers is not None:
@@ -114,12 +85,12 @@ def start_pipeline(db: Database, settings: Settings, pipeline: Pipeline, *, loca
     deadline = time.monotonic() + 120
     with db.connect() as conn:
         while time.monotonic() < deadline:
-            if _status_of(conn, pipeline_run_id) != "queued":
+            if status_of(conn, pipeline_run_id) != "queued":
                 return pipeline_run_id
             if proc.poll() is not None:
                 lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
                 reason = f"its process exited with code {proc.returncode}: {lines[-1] if lines else 'no output'}"
-                _finish(conn, pipeline_run_id, "failed", None, reason)
+                finish(conn, pipeline_run_id, "failed", None, reason)
                 raise IpaiError(f"pipeline run {pipeline_run_id} did not start: {reason} (log: {log})")
             time.sleep(0.2)
     raise IpaiError(f"pipeline run {pipeline_run_id} has not started after 2 minutes; see {log}")
@@ -138,63 +109,10 @@ def attach_pipeline(db: Database, settings: Settings, pipeline_run_id: str, *, l
         try:
             pipeline = parse_pipeline(row[0], row[1], base_dir=Path(row[2]))
         except SpecError as exc:  # a spec file it names changed since the run was recorded
-            _finish(conn, pipeline_run_id, "failed", None, f"the pipeline is no longer valid: {exc}")
+            finish(conn, pipeline_run_id, "failed", None, f"the pipeline is no longer valid: {exc}")
             raise
     return execute_pipeline(db, settings, pipeline, pipeline_run_id, local_workers=local_workers,
                             max_workers=max_workers, on_event=on_event)
-
-
-def pipeline_status(conn: psycopg.Connection[Any], pipeline_run_id: str) -> dict[str, Any]:
-    """Return a pipeline run of the session's tenant as JSON-ready data; `pipeline_run_id` may be a prefix.
-
-    Keys: pipeline_run_id, pipeline, status, failed_step, error, source, created_at, started_at, ended_at,
-    heartbeat_at, stale (a running pipeline whose process stopped heartbeating), steps (list, file order).
-    """
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            "select id, name, status, failed_step, error, source, steps, created_at, started_at, ended_at,"
-            " heartbeat_at, now() as now from pipeline_runs"
-            " where (id::text = %s or id::text like %s) and tenant_id = ipai.current_tenant()",
-            (pipeline_run_id, f"{pipeline_run_id}%")).fetchall()
-    if len(rows) != 1:
-        what = "no pipeline run" if not rows else "several pipeline runs start with"
-        raise NotFound(f"{what} {pipeline_run_id!r}; `ipai pipeline run FILE` prints the id of a new one")
-    r = rows[0]
-    beat = r["heartbeat_at"] or r["created_at"]
-    stale = r["status"] == "running" and r["now"] - beat > timedelta(seconds=STALE_S)
-    iso = {k: (r[k].isoformat() if r[k] else None) for k in ("created_at", "started_at", "ended_at", "heartbeat_at")}
-    return {"pipeline_run_id": str(r["id"]), "pipeline": r["name"], "status": r["status"],
-            "failed_step": r["failed_step"], "error": r["error"], "source": r["source"], **iso, "stale": stale,
-            "steps": r["steps"]}
-
-
-def record_pipeline(db: Database, pipeline: Pipeline) -> str:
-    """Check that the instances `run` steps name exist, then record a queued run; return its id."""
-    with db.connect() as conn:
-        migrate(conn)
-        check_instances(conn, pipeline)
-        steps = [asdict(_initial(s)) for s in pipeline.steps]
-        row = conn.execute(
-            "insert into pipeline_runs (name, source, base_dir, definition, steps) values (%s, %s, %s, %s, %s)"
-            " returning id", (pipeline.name, pipeline.source, str(pipeline.base_dir), pipeline.text,
-                              json.dumps(steps))).fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def check_instances(conn: psycopg.Connection[Any], pipeline: Pipeline) -> None:
-    """Raise SpecError (each with its step's path) for `run` steps naming no instance of the session's tenant;
-    an instance a spec step of the same pipeline registers counts as existing."""
-    registered = {s.spec.name for s in pipeline.steps if s.spec is not None}
-    issues = []
-    for step in pipeline.steps:
-        if isinstance(step.config, RunStep) and step.config.run not in registered:
-            try:
-                records.find_instance(conn, step.config.run, env=step.config.env)
-            except NotFound as exc:
-                issues.append(SpecIssue(pipeline.source, step.line, step.column, f"steps.{step.name}.run", str(exc)))
-    if issues:
-        raise SpecError("\n".join(str(i) for i in issues), issues=issues)
 
 
 # -- execution ------------------------------------------------------------------------------------------------
@@ -224,7 +142,7 @@ class _Execution:
     last_write: float = 0.0
 
     def run(self) -> None:
-        self.states = {s.name: _initial(s) for s in self.pipeline.steps}
+        self.states = {s.name: initial_state(s) for s in self.pipeline.steps}
         self.conn.execute("update pipeline_runs set status = 'running', started_at = now(), heartbeat_at = now()"
                           " where id = %s", (self.id,))
         try:
@@ -256,7 +174,7 @@ class _Execution:
         if not ok and self.failed_step:
             failed = self.states[self.failed_step]
             error = f"step {failed.name} {failed.status}: {failed.error}"
-        _finish(self.conn, self.id, "succeeded" if ok else "failed", self.failed_step, error, list(states))
+        finish(self.conn, self.id, "succeeded" if ok else "failed", self.failed_step, error, list(states))
 
     def _start_ready(self) -> bool:
         """Start (or skip) every pending step whose needs have all ended; return whether any was."""
@@ -358,7 +276,7 @@ class _Execution:
                 state.status, state.error, state.ended_at = "skipped", f"not run: the pipeline stopped ({reason})", _now()
             elif state.status == "running":
                 state.detail = f"the pipeline stopped ({reason}) while run {state.run_id} was under way; it goes on"
-        _finish(self.conn, self.id, "failed", self.failed_step, f"the pipeline stopped: {reason}",
+        finish(self.conn, self.id, "failed", self.failed_step, f"the pipeline stopped: {reason}",
                 list(self.states.values()))
 
     def _set(self, state: StepState, status: str) -> None:
@@ -381,24 +299,6 @@ class _Execution:
         self.conn.execute("update pipeline_runs set steps = %s, failed_step = %s, heartbeat_at = now() where id = %s",
                           (json.dumps([asdict(s) for s in self.states.values()]), self.failed_step, self.id))
         self.last_write = time.monotonic()
-
-
-def _initial(step: Step) -> StepState:
-    return StepState(step.name, step.kind, step.target, list(step.needs))
-
-
-def _finish(conn: psycopg.Connection[Any], pipeline_run_id: str, status: str, failed_step: str | None,
-            error: str | None, steps: list[StepState] | None = None) -> None:
-    conn.execute(
-        "update pipeline_runs set status = %s, failed_step = %s, error = %s, ended_at = now(), heartbeat_at = now(),"
-        " steps = coalesce(%s::jsonb, steps) where id = %s",
-        (status, failed_step, error, json.dumps([asdict(s) for s in steps]) if steps is not None else None,
-         pipeline_run_id))
-
-
-def _status_of(conn: psycopg.Connection[Any], pipeline_run_id: str) -> str | None:
-    row = conn.execute("select status from pipeline_runs where id = %s", (pipeline_run_id,)).fetchone()
-    return row[0] if row else None
 
 
 def _log_dir(settings: Settings, pipeline_run_id: str) -> Path:

@@ -68,7 +68,7 @@ class LocalWorkers:
     def _start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"worker-{len(self.procs) + 1}.log"
-        cmd = [sys.executable, "-m", "engine.cli.main", "worker", "--idle-exit", str(self.idle_exit_s), "--poll", "0.5"]
+        cmd = [sys.executable, "-m", "engine.cli", "worker", "--idle-exit", str(self.idle_exit_s), "--poll", "0.5"]
         with open(log, "ab") as out:
             # A session of its own: Ctrl-C on the pipeline reaches only the pipeline, which stops workers in order.
             proc = subprocess.Popen(cmd, env=self._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out,

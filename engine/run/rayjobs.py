@@ -1,7 +1,7 @@
 """Runs submitted as Ray jobs through a head's dashboard (the Jobs API): `ipai submit SPEC --address http://HEAD:8265`.
 
 The submitter creates the run record first, then submits the same driver command the background mode runs
-(`python -m engine.cli.main submit SPEC --attach-run RUN`) as a job whose submission id is derived from the run
+(`python -m engine.cli submit SPEC --attach-run RUN`) as a job whose submission id is derived from the run
 id, so the job id is on the run before the job exists. The job's runtime environment carries the spec (a
 staging `working_dir`) and this checkout's packages (`py_modules`), so the head runs the submitter's code,
 and the settings the run needs as environment variables.
@@ -12,6 +12,10 @@ control-plane URL with a password is refused (the cluster hosts get the password
 
 Every failure of Ray's SDK (head unreachable, 401/403 from token authentication, a refused submission)
 becomes one `ConfigError` or `IpaiError` with what to do next.
+
+`ipai submit --wait` follows the job with `follow_run`: its logs and status until it ends, then the run's
+record. A job that ends without its driver closing the run (it never started, or was killed) closes the run
+as failed with the job's reason (`close_run`), rather than leaving it to the long start lease.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict
 
+from engine.controlplane import records
+from engine.controlplane.db import Database
 from engine.controlplane.settings import Settings
-from engine.core.errors import ConfigError, IpaiError
+from engine.core.errors import ConfigError, IpaiError, LeaseLost
 
 JOB_START_LEASE_S = 900.0
 """The lease a run gets when it is submitted as a job. The job may wait for its runtime environment (the
@@ -181,7 +187,7 @@ class Jobs:
         """Submit the run's driver as a job; return its id (`submission_id(run_id)`)."""
         env = job_env(settings)
         job_id = submission_id(run_id)
-        command = ["python", "-m", "engine.cli.main", "submit", spec_file.name, "--attach-run", run_id]
+        command = ["python", "-m", "engine.cli", "submit", spec_file.name, "--attach-run", run_id]
         if full_refresh:
             command.append("--full-refresh")
         with tempfile.TemporaryDirectory(prefix="ipai-job-") as staging:
@@ -232,3 +238,36 @@ class Jobs:
         """Ask Ray to stop the job (SIGINT to its driver: see `job_env`)."""
         with _jobs_errors(self.address):
             self.client.stop_job(job_id)
+
+
+def follow_run(jobs: Jobs, job_id: str, run_id: str, db: Database, *, on_logs: Callable[[str], None],
+               on_status: Callable[[str], None], on_stopping: Callable[[], None]) -> dict[str, Any]:
+    """Follow the run's job until it ends; return the run's record, closed.
+
+    A first Ctrl-C stops the job (`on_stopping` is called first) and follows it to its end; a second one
+    raises KeyboardInterrupt to the caller. A job that ended without its driver closing the run (it never
+    started: runtime environment, no `python` on the head; or it was killed) has the run closed as failed with
+    the job's reason now, rather than when the long start lease runs out."""
+    try:
+        outcome = jobs.follow(job_id, on_logs=on_logs, on_status=on_status)
+    except KeyboardInterrupt:
+        on_stopping()
+        jobs.stop(job_id)
+        outcome = jobs.follow(job_id, on_logs=on_logs, on_status=on_status)
+    with db.connect() as conn:
+        run = records.get_run(conn, run_id)
+    if run["status"] == "running":
+        close_run(db, run_id, summary(job_id, outcome))
+        with db.connect() as conn:
+            run = records.get_run(conn, run_id)
+    return run
+
+
+def close_run(db: Database, run_id: str, error: str) -> None:
+    """Mark a job-submitted run failed whose driver never took it over."""
+    with db.connect() as conn:
+        try:
+            records.finish_run(conn, run_id, status="failed", error=error)
+            records.log(conn, run_id, "error", "run.failed", error)
+        except LeaseLost:
+            pass  # the driver (or a reaper) closed it after all; its verdict stands

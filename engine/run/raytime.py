@@ -10,12 +10,12 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from engine.core.errors import IpaiError
 from engine.core.faults import FaultPlan, crash_point
 from engine.core.protocol import Partition, ReadContext, Stream
+from engine.core.spec import redact_url
 from engine.core.sql import describe_error
-from layers.silver.merge import merge_extractions
-from layers.silver.target import Merge, SilverResult, SilverTarget
-
+from layers.refresh import Merge, SilverResult, SilverTarget, merge_silver as merge_into_silver
 
 
 def ensure_ray(address: str | None = None, *, dashboard: bool = False) -> None:
@@ -72,14 +72,28 @@ def read_partition(
     return table, (n, notes)
 
 
-class SilverMergeError(RuntimeError):
+class SilverMergeError(IpaiError):
     """A silver merge failed; carries the cause as text (driver exceptions, ADBC's, do not pickle)."""
 
 
 @ray.remote(max_retries=0)
 def merge_silver(target: SilverTarget, merges: list[Merge], run_id: str) -> SilverResult:
-    """Merge finished extractions into the stream's silver table (see layers/silver/merge.py)."""
+    """Merge finished extractions into the stream's silver table (`layers.refresh.merge_silver`)."""
     try:
-        return merge_extractions(target, merges, run_id=run_id)
+        return merge_into_silver(target, merges, run_id=run_id)
     except Exception as exc:  # noqa: BLE001 - re-raised as a picklable error naming the table
         raise SilverMergeError(f"{type(exc).__name__}: {describe_error(exc)}") from None
+
+
+def describe(exc: BaseException) -> str:
+    """Return a one-line description of an exception, without a traceback, looking through Ray's task error to
+    its cause; URLs have passwords redacted."""
+    cause = exc
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+        inner = getattr(exc, "cause", None)
+        if inner is not None:
+            cause = inner
+    text = str(cause).strip().splitlines()
+    first = next((line for line in reversed(text) if line.strip()), type(cause).__name__) if text else type(cause).__name__
+    return redact_url(f"{type(cause).__name__}: {first}")

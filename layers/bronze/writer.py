@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from engine.core.errors import IpaiError
 from engine.core.faults import FaultPlan, crash_point
 from layers.bronze.drift import Conformed, conform_batch
 from layers.bronze.delta import DeltaBronzeTable
@@ -60,7 +61,7 @@ class Ack:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-class BronzeWriteError(RuntimeError):
+class BronzeWriteError(IpaiError):
     """A write failed; carries the cause as text, since driver exceptions (ADBC's) do not pickle."""
 
 

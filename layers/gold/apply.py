@@ -1,7 +1,7 @@
 """Gold: documented business views over silver, applied to Postgres (FR-015, US-003).
 
 A view is a SELECT in `<folder>/gold_<domain>_<entity>.sql` and a YAML beside it documenting the view and
-every column (layers/gold/definitions.py; `layers/gold/` ships the examples).
+every column (layers/gold/definitions.py; `layers/gold/views/` ships the examples).
 
 `apply_gold(conn, directory)` creates or replaces each view as `gold.<name>` in dependency order (a view
 that reads `gold.<other>` comes after it), each in its own transaction, and writes its YAML as

@@ -1,6 +1,6 @@
 """Gold view definitions on disk: a SELECT and the YAML documenting it, loaded, checked and ordered.
 
-A view is two files side by side in a folder (`layers/gold/` ships the examples):
+A view is two files side by side in a folder (`layers/gold/views/` ships the examples):
 
     gold_<domain>_<entity>.sql    the SELECT that defines the view (one statement; no CREATE VIEW)
     gold_<domain>_<entity>.yaml   what the view is and what every column means:
@@ -27,7 +27,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, IpaiError
 from engine.core.yamlfile import plain_yaml
 
 GOLD_SCHEMA = "gold"
@@ -88,7 +88,7 @@ class GoldFailure:
         return f"{self.file}{where}: {self.message}"
 
 
-class ViewFailed(Exception):
+class ViewFailed(IpaiError):
     """Raised with the failure of one view; whoever handles a batch of views records it and goes on."""
 
     def __init__(self, failure: GoldFailure) -> None:
@@ -102,7 +102,7 @@ class ViewFailed(Exception):
 def load_gold(directory: Path = DEFAULT_DIRECTORY) -> tuple[list[GoldView], list[GoldFailure]]:
     """Read every view in `directory`; return the valid ones and a failure for each one that is not."""
     if not directory.is_dir():
-        raise ConfigError(f"{directory}: no such folder of gold views (give --dir, e.g. layers/gold)")
+        raise ConfigError(f"{directory}: no such folder of gold views (give --dir, e.g. layers/gold/views)")
     views: list[GoldView] = []
     failures: list[GoldFailure] = []
     sql_files = {p.stem: p for p in sorted(directory.glob("*.sql"))}

@@ -21,8 +21,8 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
 from connectors.specload import parse_spec
-from tests.engine.test_cli import env_for, ipai
-from tests.truth import bronze_postgres, source_rows
+from tests.support.cli import env_for, ipai
+from tests.support.truth import bronze_postgres, source_rows
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -95,7 +95,7 @@ def test_stdio_agent_creates_runs_and_follows_a_sync(settings):
     env = env_for(settings)
 
     async def agent() -> None:
-        transport = StdioTransport(sys.executable, ["-m", "engine.cli.main", "mcp", "--workers", "1"], env=env,
+        transport = StdioTransport(sys.executable, ["-m", "engine.cli", "mcp", "--workers", "1"], env=env,
                                    cwd=str(ROOT))
         async with Client(transport) as client:
             names = {t.name for t in await client.list_tools()}
@@ -163,7 +163,7 @@ def test_http_agent_with_a_bearer_token_acts_only_for_its_tenant(settings, tmp_p
     url = f"http://127.0.0.1:{port}/mcp"
     log_path = tmp_path / "mcp-http.log"
     with open(log_path, "wb") as log_file:
-        server = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "mcp", "--http", "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "engine.cli", "mcp", "--http", "--port", str(port)],
                                   env=env, cwd=ROOT, stdout=log_file, stderr=log_file)
     try:
         _wait_listening(port, server, log_path)

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
@@ -26,11 +25,11 @@ import pytest
 from connectors.database.cdc import replication
 
 from connectors.database.cdc import pgoutput
-from engine.run.driver import RunOptions, RunResult, run_sync
 from engine.core.errors import RunFailed
 from engine.core.faults import DriverCrash, FaultPlan
-from connectors.specload import parse_spec
-from tests.truth import bronze_delta, bronze_postgres
+from tests.support.databases import scratch_database, scratch_name
+from tests.support.syncing import sync
+from tests.support.truth import bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -61,21 +60,19 @@ def logical_server() -> Iterator[str]:
 @pytest.fixture
 def source(logical_server: str) -> Iterator[str]:
     """A fresh database on the logical server with `public.items` (ITEMS rows); yields its URL."""
-    name = f"src_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(logical_server, autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    url = logical_server.replace("/postgres?", f"/{name}?")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("create table items (id bigint primary key, name text not null, qty int, price numeric(10, 2),"
-                     " tags text[], seen_at timestamptz, payload jsonb)")
-        conn.execute("insert into items select g, 'item ' || g, g %% 50, g * 0.25, array['t' || (g %% 3), 'a,b'],"
-                     " timestamptz '2026-11-01 00:00:00+00' + g * interval '1 minute', jsonb_build_object('g', g)"
-                     " from generate_series(1, %s) g", (ITEMS,))
-    yield url
-    with psycopg.connect(logical_server, autocommit=True) as conn:
-        for (slot,) in conn.execute("select slot_name from pg_replication_slots where database = %s", (name,)):
-            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
-        conn.execute(f"drop database {name} with (force)")
+    name = scratch_name("src")
+    with scratch_database(logical_server, name=name) as db:
+        url = db.url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table items (id bigint primary key, name text not null, qty int, price numeric(10, 2),"
+                         " tags text[], seen_at timestamptz, payload jsonb)")
+            conn.execute("insert into items select g, 'item ' || g, g %% 50, g * 0.25, array['t' || (g %% 3), 'a,b'],"
+                         " timestamptz '2026-11-01 00:00:00+00' + g * interval '1 minute', jsonb_build_object('g', g)"
+                         " from generate_series(1, %s) g", (ITEMS,))
+        yield url
+        with psycopg.connect(logical_server, autocommit=True) as conn:  # a database with slots cannot be dropped
+            for (slot,) in conn.execute("select slot_name from pg_replication_slots where database = %s", (name,)):
+                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
 
 
 def spec_text(url: str, *, name: str = "src", slot: str | None = None, table: str = "public.items",
@@ -83,10 +80,6 @@ def spec_text(url: str, *, name: str = "src", slot: str | None = None, table: st
     slot_line = f", slot: {slot}" if slot else ""
     return (f"name: {name}\nsource_type: database\nsync_mode: cdc\nlayers: [{layers}]\nsource:\n  url: {url}\n"
             f"  partition_rows: 1000\n  tables:\n    - {{table: {table}{slot_line}}}\n")
-
-
-def sync(settings: Any, database: Any, text: str, **options: Any) -> RunResult:
-    return run_sync(parse_spec(text), text, db=database, settings=settings, options=RunOptions(**options))
 
 
 def source_rows(url: str) -> set[tuple[Any, ...]]:

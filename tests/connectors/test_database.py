@@ -12,10 +12,10 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from engine.run.driver import RunOptions, RunResult, run_sync
 from engine.core.errors import RunFailed
 from connectors.specload import parse_spec
-from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
+from tests.support.syncing import sync
+from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -28,10 +28,6 @@ def spec_text(url: str, tables: str, *, mode: str = "incremental", partition_row
 
 
 ORDERS_TABLE = "    - {table: shop.orders, cursor: updated_at}\n"
-
-
-def sync(settings: Any, database: Any, text: str, **options: Any) -> RunResult:
-    return run_sync(parse_spec(text), text, db=database, settings=settings, options=RunOptions(**options))
 
 
 @pytest.fixture

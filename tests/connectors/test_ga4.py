@@ -17,9 +17,9 @@ import pytest
 import ray
 
 from engine.core.errors import RunDeferred
-from tests.connectors.test_github import sync
 from tests.emulators.harness import EmulatorProcess
-from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
+from tests.support.syncing import sync
+from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

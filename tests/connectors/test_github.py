@@ -18,11 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine.run.driver import RunOptions, RunResult, run_sync
 from engine.core.errors import RunDeferred, RunFailed
-from connectors.specload import parse_spec
 from tests.emulators.harness import EmulatorProcess
-from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
+from tests.support.cli import env_for, ipai
+from tests.support.github import issue_truth, loaded, pr_truth, pull_numbers, truth
+from tests.support.syncing import sync
+from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -63,42 +64,6 @@ source:
 tuning:
   commit_rows: 2000
 """
-
-
-def sync(settings: Any, database: Any, text: str, **options: Any) -> RunResult:
-    return run_sync(parse_spec(text), text, db=database, settings=settings, options=RunOptions(**options))
-
-
-def truth(gh: EmulatorProcess, repo: str) -> dict[str, Any]:
-    return gh.admin("GET", "/_emulator/github/truth", params={"repo": repo, "state": "all"})
-
-
-def issue_truth(gh: EmulatorProcess, repos: list[str]) -> set[tuple[int, str]]:
-    """(id, updated_at) of every issue that is not a pull request, as the emulator holds them now."""
-    out = set()
-    for repo in repos:
-        t = truth(gh, repo)
-        out |= {(i, u) for i, u, pr in zip(t["ids"], t["updated_at"], t["pull_request"]) if not pr}
-    return out
-
-
-def pr_truth(gh: EmulatorProcess, repos: list[str]) -> set[tuple[str, int, str]]:
-    """(repo, number, updated_at) of every pull request (their ids differ from their issue ids)."""
-    out = set()
-    for repo in repos:
-        t = truth(gh, repo)
-        out |= {(repo, n, u) for n, u, pr in zip(t["numbers"], t["updated_at"], t["pull_request"]) if pr}
-    return out
-
-
-def pull_numbers(database: Any) -> set[tuple[str, int, str]]:
-    table = bronze_postgres(database.url, "raw_gh_pull_requests")
-    return set(zip(*(table.column(c).to_pylist() for c in ("repo", "number", "updated_at"))))
-
-
-def loaded(database: Any, stream: str) -> set[tuple[int, str]]:
-    table = bronze_postgres(database.url, f"raw_gh_{stream}")
-    return set(zip(table.column("id").to_pylist(), table.column("updated_at").to_pylist()))
 
 
 def cursor(database: Any, stream: str) -> Any:
@@ -363,11 +328,9 @@ def test_a_refused_token_fails_fast_with_the_api_message(gh, settings, database,
 
 
 def test_cli_stores_the_secret_and_reports_a_deferred_run_without_a_traceback(gh, settings, tmp_path):
-    from tests.engine.test_cli import env_for, ipai
-
     env = env_for(settings)
     env["IPAI_DEV_MODE"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "secret", "set", "github_token"], input=TOKEN + "\n",
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "secret", "set", "github_token"], input=TOKEN + "\n",
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and TOKEN not in proc.stdout + proc.stderr
     assert [line.split()[0] for line in ipai("secret", "list", env=env).stdout.splitlines()] == ["github_token"]

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from engine.core.errors import RunFailed
-from tests.connectors.test_github import issue_truth, loaded, sync
 from tests.emulators.harness import EmulatorProcess
+from tests.support.github import issue_truth, loaded
+from tests.support.syncing import sync
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

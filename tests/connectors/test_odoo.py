@@ -21,23 +21,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from engine.run.driver import RunOptions, RunResult, run_sync
 from engine.core.errors import RunFailed, SpecError
 from connectors.specload import parse_spec
 from connectors.odoo.api import shift
 from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorProcess
-from tests.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
+from tests.support.syncing import sync
+from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 DB, LOGIN, PASSWORD, API_KEY = "acme", "admin", "pw-canary-7d1e4b", "key-canary-93a0c5f1"
 ALL = ("res_company", "res_partner", "product_template", "product_product", "account_move", "account_move_line",
        "sale_order")
-
-
-def sync(settings: Any, database: Any, text: str, **options: Any) -> RunResult:
-    return run_sync(parse_spec(text), text, db=database, settings=settings, options=RunOptions(**options))
 
 
 def spec(name: str, source: str, *, streams: tuple[str, ...] = ALL, mode: str = "incremental") -> str:
@@ -271,7 +267,7 @@ def test_a_web_session_that_expires_logs_in_again_and_errors_name_the_model(emul
 
     from connectors.httpkit.egress import EgressPolicy
     from connectors.httpkit.errors import HttpFailed
-    from connectors.odoo.source import OdooApiSource
+    from connectors.odoo.spec import OdooApiSource
     from connectors.odoo.rpc import connect
     from engine.core.spec import SecretRef
 

@@ -12,100 +12,34 @@ Each search first proves it can see: it must find a known non-secret string in t
 
 from __future__ import annotations
 
-import base64
-import json
 import subprocess
 import sys
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pyarrow.parquet as pq
 import pytest
 import ray
 
-from tests.controlplane.test_queue import (
-    Proc, create, migrated, processes, rpc, wait_for, worker_args, worker_env,
-)
 from tests.emulators.harness import EmulatorProcess
 from tests.emulators.requestlog import credential_id
-from tests.engine.test_cli import env_for, ipai
+from tests.support.canary import Sinks, forms
+from tests.support.cli import Proc, env_for, ipai, processes, worker_args, worker_env
+from tests.support.databases import migrated
+from tests.support.rpc import create, rpc
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 REPOS = ["acme/repo1", "acme/repo2"]
-TEXT_TYPES = ("text", "varchar", "bpchar", "name", "json", "jsonb", "xml", "_text", "_varchar", "_json", "_jsonb")
-
-
-def forms(secret: str) -> list[bytes]:
-    """The canary as it could appear: raw, URL-quoted, and base64 (standard and URL alphabets) at each of the
-    three alignments a value can have inside a larger base64 blob (only the characters that depend on the
-    value alone)."""
-    raw = secret.encode()
-    out = {raw, urllib.parse.quote(secret, safe="").encode(), urllib.parse.quote_plus(secret).encode()}
-    for k in range(3):
-        for encode in (base64.b64encode, base64.urlsafe_b64encode):
-            enc = encode(b"\0" * k + raw)
-            first, last = -(-k // 3), (k + len(raw)) // 3  # groups of 3 bytes lying wholly inside the value
-            out.add(enc[first * 4:last * 4])
-    return sorted(out)
-
-
-class Sinks:
-    """Searches the sinks for byte strings; each method returns where it found which one."""
-
-    def __init__(self, db_url: str, texts: dict[str, str]) -> None:
-        self.db_url, self.texts = db_url, texts
-
-    def database(self, needles: list[bytes]) -> list[str]:
-        hits = []
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
-            columns = conn.execute(
-                "select n.nspname, c.relname, a.attname, t.typname from pg_attribute a"
-                " join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace"
-                " join pg_type t on t.oid = a.atttypid"
-                " where c.relkind in ('r', 'p', 'm') and a.attnum > 0 and not a.attisdropped"
-                " and n.nspname <> 'pg_toast' and t.typname = any(%s)",
-                (list(TEXT_TYPES) + ["bytea"],)).fetchall()
-            assert {(s, t) for s, t, _, _ in columns} >= {("vault", "secrets"), ("public", "connector_run_logs"),
-                                                         ("public", "connector_runs"), ("bronze", "raw_gh_ok_issues")}
-            for schema, table, column, typ in columns:
-                rel = f'"{schema}"."{table}"'
-                for needle in needles:
-                    if typ == "bytea":
-                        sql = f'select count(*) from {rel} where position(%s::bytea in "{column}") > 0'
-                        param: Any = needle
-                    else:
-                        sql = f'select count(*) from {rel} where strpos("{column}"::text, %s) > 0'
-                        param = needle.decode()
-                    row = conn.execute(sql, (param,)).fetchone()  # type: ignore[arg-type]  # our own names
-                    if row and row[0]:
-                        hits.append(f"{schema}.{table}.{column} ({needle!r})")
-        return hits
-
-    def files(self, root: Path, needles: list[bytes], *, skip: tuple[str, ...] = ()) -> list[str]:
-        hits = []
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in skip):
-            data = path.read_bytes()
-            if path.suffix == ".parquet":  # compressed pages: search the decoded values and metadata too
-                table = pq.read_table(path)
-                meta = pq.read_metadata(path).metadata or {}
-                data += json.dumps(table.to_pylist(), default=str).encode()
-                data += b"".join(k + v for k, v in meta.items())
-            hits += [f"{path} ({n!r})" for n in needles if n in data]
-        return hits
-
-    def outputs(self, needles: list[bytes]) -> list[str]:
-        return [f"{where} ({n!r})" for where, text in self.texts.items() for n in needles if n in text.encode()]
 
 
 def test_a_canary_secret_never_reaches_any_sink(tmp_path, settings, database):
     canary = f"ghp_canary_{uuid.uuid4().hex}"
     migrated(database)
     env = env_for(settings)
-    stored = subprocess.run([sys.executable, "-m", "engine.cli.main", "secret", "set", "github_token"],
+    stored = subprocess.run([sys.executable, "-m", "engine.cli", "secret", "set", "github_token"],
                             input=canary + "\n", env=env, capture_output=True, text=True, timeout=60)
     assert stored.returncode == 0, stored.stderr
     wenv = {**worker_env(settings), "IPAI_DEV_MODE": "1", "IPAI_CREDENTIAL_IDLE_S": "5"}
@@ -153,7 +87,8 @@ def test_a_canary_secret_never_reaches_any_sink(tmp_path, settings, database):
     node = ray._private.worker._global_node  # the session's Ray, started by this process
     assert node is not None
     ray_logs = Path(node.get_session_dir_path()) / "logs"
-    sinks = Sinks(database.url, outputs)
+    sinks = Sinks(database.url, outputs, tables={("vault", "secrets"), ("public", "connector_run_logs"),
+                                                 ("public", "connector_runs"), ("bronze", "raw_gh_ok_issues")})
     secret_forms = forms(canary)
     assert len(secret_forms) >= 4 and canary.encode() in secret_forms
 

@@ -11,18 +11,11 @@ session and Delta in a temp folder. Nothing asserts on how long anything took: t
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,139 +24,19 @@ import pytest
 from connectors.sample import SampleSpec
 from engine.controlplane import records
 from engine.controlplane.settings import Settings
-from engine.controlplane.db import Database, migrate
+from engine.controlplane.db import Database
 from engine.controlplane.scheduler import tick
 from connectors.specload import parse_spec
 from engine.controlplane.queue import claim, worker_database
-from tests.engine.test_cli import env_for
-from tests.engine.test_reliability import assert_synced, planned, recorded_by_extraction, sample_spec
-from tests.truth import assert_bronze_equals_source
+from tests.support.cli import Proc, processes, worker_args, worker_env
+from tests.support.databases import migrated
+from tests.support.rpc import create, rpc, tiny_spec
+from tests.support.shop import assert_synced, sample_spec
+from tests.support.syncing import planned, recorded_by_extraction
+from tests.support.truth import assert_bronze_equals_source
+from tests.support.waiting import WAIT_S, wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-WAIT_S = 120.0  # deadline for a state to be reached: far above what any step takes, so only a hang fails
-
-
-# -- helpers shared by the control-plane tests ------------------------------------------------------------
-
-
-def migrated(database: Database) -> Database:
-    with database.connect() as conn:
-        migrate(conn)
-    return database
-
-
-def tiny_spec(name: str, *, streams: tuple[str, ...] = ("customers",), **source: Any) -> dict[str, Any]:
-    """A JSON sample spec small enough to run in a moment (one partition per stream)."""
-    config = {"seed": 3, "days": 30, "customers": 1000, "orders": 1000, "partition_rows": 1000, **source}
-    return {"name": name, "source_type": "sample", "sync_mode": "incremental", "source": config,
-            "streams": [{"name": s} for s in streams]}
-
-
-def rpc(conn: psycopg.Connection[Any], sql: str, *params: Any) -> dict[str, Any]:
-    """Call one RPC function and return its JSON answer."""
-    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
-    assert row is not None
-    return dict(row[0])
-
-
-def create(conn: psycopg.Connection[Any], spec: dict[str, Any], *, env: str | None = None,
-           schedule: str | None = None) -> dict[str, Any]:
-    answer = rpc(conn, "select public.connector_create(%s::jsonb, %s, %s)", json.dumps(spec), env, schedule)
-    assert answer["ok"], answer
-    return answer
-
-
-def wait_for(what: str, check: Callable[[], Any], *, timeout: float = WAIT_S, every: float = 0.2,
-             alive: Callable[[], None] = lambda: None) -> Any:
-    """Poll `check()` until it returns something truthy; fail naming `what` at the deadline. `alive()` may
-    raise to fail early (a process that died)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        alive()
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Proc:
-    """An `ipai` subprocess in its own process group, its output in files under `folder`."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], folder: Path) -> None:
-        self.name = name
-        self.stdout_path, self.stderr_path = folder / f"{name}.stdout", folder / f"{name}.stderr"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.popen = subprocess.Popen([sys.executable, "-m", "engine.cli.main", *args], env=env,
-                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The JSON lines the process printed (workers and schedulers print one per event)."""
-        out = []
-        for line in self.stdout.splitlines():
-            if line.startswith("{"):
-                record = json.loads(line)
-                if name is None or record.get("event") == name:
-                    out.append(record)
-        return out
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def assert_running(self) -> None:
-        assert self.running(), f"{self.name} exited with {self.popen.returncode}:\n{self.stdout}\n{self.stderr}"
-
-    def signal(self, sig: int) -> None:
-        """Send `sig` to the process group (only while its leader, our child, is still there)."""
-        if self.running():
-            os.killpg(self.popen.pid, sig)
-
-    def stop(self, timeout: float = WAIT_S) -> int:
-        """SIGTERM and wait for the exit; return the exit code."""
-        self.signal(signal.SIGTERM)
-        return self.popen.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.popen.wait(timeout=30)
-
-
-@contextmanager
-def processes() -> Iterator[list[Proc]]:
-    """Collects the processes a test starts and kills whatever is left of them when it ends."""
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            try:
-                proc.kill()
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-
-
-def worker_args(*, lease: float = 30, poll: float = 0.5, **more: Any) -> list[str]:
-    args = ["worker", "--lease", str(lease), "--poll", str(poll)]
-    for k, v in more.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    """What a worker subprocess gets: the test database, home, lakehouse and the shared Ray (never a default
-    address: 6379 belongs to Redis)."""
-    env = env_for(settings)
-    assert env["RAY_ADDRESS"] and not env["RAY_ADDRESS"].endswith(":6379")
-    return env
 
 
 def run_rows(conn: psycopg.Connection[Any], instance_id: str) -> list[dict[str, Any]]:

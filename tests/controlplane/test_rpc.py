@@ -25,11 +25,11 @@ import pytest
 from engine.controlplane.settings import Settings
 from engine.controlplane.db import Database
 from engine.run.worker import Worker
-from tests.controlplane.test_queue import (
-    WAIT_S, Proc, create, migrated, processes, rpc, tiny_spec, wait_for, worker_args, worker_env,
-)
 from tests.emulators.harness import EmulatorProcess
-from tests.engine.test_cli import env_for, ipai
+from tests.support.cli import Proc, env_for, ipai, processes, worker_args, worker_env
+from tests.support.databases import migrated
+from tests.support.rpc import create, rpc, tiny_spec
+from tests.support.waiting import WAIT_S, wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -298,7 +298,7 @@ def test_cli_run_instances_and_secrets(tmp_path, settings, database, vault):
     assert [e["run_id"] for e in worker.events("run.claimed")] == [run_id]
 
     value = "s3cr3t-" + uuid.uuid4().hex
-    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "secret", "set", "api_key"], input=value + "\n",
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "secret", "set", "api_key"], input=value + "\n",
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "secret api_key stored in the Vault"

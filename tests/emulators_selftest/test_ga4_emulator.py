@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.emulators.harness import EmulatorError, EmulatorProcess
 
+pytestmark = pytest.mark.integration  # every test here talks to an emulator process
+
 TOKEN = "selftest-token"
 PROP = "123456789"
 OTHER = "987654321"

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.emulators.harness import EmulatorError, EmulatorProcess
 
+pytestmark = pytest.mark.integration  # every test here talks to an emulator process
+
 TOKEN = "selftest-token"
 CLIENT = ("selftest-client", "selftest-secret")
 SERVICE_ACCOUNT = "loader@selftest.iam.example"

@@ -4,7 +4,6 @@ PostgreSQL: every answer is checked against the tables it was read from."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -13,9 +12,12 @@ import httpx
 import psycopg
 import pytest
 
-from engine.controlplane.db import Database, with_database
+from engine.controlplane.db import Database
 from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorError, EmulatorProcess
+from tests.support.databases import scratch_database, scratch_name
+
+pytestmark = pytest.mark.integration  # every test here talks to an emulator process
 
 DB, LOGIN, PASSWORD, API_KEY, UID = "acme", "admin", "admin-password", "selftest-api-key", 2
 SCHEMA = "odoo"
@@ -30,17 +32,10 @@ def _start(url: str) -> EmulatorProcess:
 @pytest.fixture(scope="module")
 def shared_url(admin_url: str) -> Iterator[str]:
     """One database for the read-only tests (the `database` fixture is per test; this data is never changed)."""
-    name = f"ipai_test_odoo_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    url = with_database(admin_url, name)
-    try:
-        with psycopg.connect(url) as conn:
+    with scratch_database(admin_url, name=scratch_name("ipai_test_odoo")) as db:
+        with psycopg.connect(db.url) as conn:
             odoo_schema.create(conn, SCHEMA, seed=3)
-        yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+        yield db.url
 
 
 @pytest.fixture(scope="module")

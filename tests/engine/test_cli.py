@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -21,7 +20,8 @@ from engine.controlplane.settings import LocalHead
 from engine.run.localray import head_processes
 from engine.run.driver import RunOptions, prepare_run
 from connectors.specload import parse_spec
-from tests.truth import bronze_postgres, source_rows
+from tests.support.cli import env_for, ipai
+from tests.support.truth import bronze_postgres, source_rows
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -43,23 +43,6 @@ def write_spec(tmp_path: Path, name: str = "cli", delay: int = 0, *, partition_r
     path = tmp_path / f"{name}.yaml"
     path.write_text(SPEC.format(name=name, delay=delay, partition_rows=partition_rows) + extra)
     return path
-
-
-def env_for(settings, *, database: bool = True) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IPAI_", "RAY_ADDRESS"))}
-    env.update(IPAI_HOME=str(settings.home), IPAI_LAKEHOUSE_URI=settings.lakehouse_uri,
-               RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    if database:
-        env["IPAI_DATABASE_URL"] = settings.database_url
-    return env
-
-
-def ipai(*args: str, env: dict[str, str], check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if check:
-        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def runs(env) -> list[dict]:
@@ -162,7 +145,7 @@ def test_db_migrate_is_idempotent(settings):
 def test_ctrl_c_cancels_the_run_and_the_next_run_resumes(tmp_path, settings):
     env = env_for(settings)
     spec_path = write_spec(tmp_path, "slow", delay=1500)  # wide enough that Ctrl-C lands mid-run on a busy machine
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "submit", str(spec_path), "--wait"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "submit", str(spec_path), "--wait"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         deadline = time.monotonic() + 120

@@ -12,18 +12,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from engine.core.errors import SpecError
 from engine.pipelines.definition import load_pipeline, parse_pipeline, topological
-from engine.pipelines.runner import pipeline_status, run_pipeline
+from engine.pipelines.records import pipeline_status
+from engine.pipelines.runner import run_pipeline
 from connectors.specload import load_spec
-from tests.controlplane.test_queue import wait_for
-from tests.engine.test_cli import env_for, ipai
-from tests.truth import source_rows
+from tests.support.cli import base_env, env_for, ipai
+from tests.support.truth import source_rows
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,8 +113,7 @@ def test_the_shipped_example_and_the_cli_validate(tmp_path):
 
 def env_for_nothing(tmp_path: Path) -> dict[str, str]:
     """An environment for commands that need no database or Ray."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith(("IPAI_", "RAY_ADDRESS"))},
-            "IPAI_HOME": str(tmp_path / "home")}
+    return {**base_env(), "IPAI_HOME": str(tmp_path / "home")}
 
 
 def test_an_unknown_instance_is_rejected_before_anything_is_recorded(tmp_path, settings, database):

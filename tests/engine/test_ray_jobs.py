@@ -7,10 +7,10 @@ import json
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +20,10 @@ import pytest
 
 from engine.run import localray
 from connectors.specload import parse_spec
-from tests.truth import bronze_postgres, source_rows
+from tests.support.cli import base_env, ipai as run_ipai
+from tests.support.truth import bronze_postgres, source_rows
+
+pytestmark = pytest.mark.integration  # starts its own Ray head (not the session's ray_cluster)
 
 SPEC = """\
 name: {name}
@@ -83,16 +86,16 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         localray.stop(home / "ipai")
 
 
-def env_for(settings, head: Head) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IPAI_", "RAY_"))}
+def head_env(settings, head: Head) -> dict[str, str]:
+    """An `ipai` environment for the head: its HOME (where the Ray token is), none of the session's Ray."""
+    env = base_env(drop=("IPAI_", "RAY_"))
     env.update(HOME=str(head.home), IPAI_HOME=str(settings.home), IPAI_LAKEHOUSE_URI=settings.lakehouse_uri,
                IPAI_DATABASE_URL=settings.database_url)
     return env
 
 
-def ipai(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+# Each test reads the exit code itself; a run through a Ray job takes longer than one on the session's Ray.
+ipai = partial(run_ipai, check=False, timeout=300)
 
 
 def write_spec(tmp_path: Path, name: str) -> Path:
@@ -107,7 +110,7 @@ def run_rows(url: str) -> list[tuple]:
 
 
 def test_submit_to_the_jobs_api_runs_the_sync_as_a_ray_job(tmp_path, settings, head):
-    env = env_for(settings, head)
+    env = head_env(settings, head)
     env["IPAI_VAULT_KEY"] = "vault-key-that-must-stay-home"
     spec_path = write_spec(tmp_path, "jobs")
     done = ipai("submit", str(spec_path), "--address", head.url, "--wait", env=env)
@@ -158,7 +161,7 @@ def test_a_job_posted_to_the_rest_api_records_its_id_on_the_run(tmp_path, settin
 
 
 def test_refusals_are_one_clear_message_and_record_nothing(tmp_path, settings, head):
-    env = env_for(settings, head)
+    env = head_env(settings, head)
     spec_path = str(write_spec(tmp_path, "refused"))
 
     parts = urlsplit(settings.database_url)

@@ -21,56 +21,17 @@ from typing import Any
 import psutil
 import pytest
 
-from connectors.sample import SampleSpec
-from engine.controlplane import records
-from engine.controlplane import state
-from engine.controlplane.settings import Settings
 from engine.controlplane.db import Database
-from engine.run.driver import Progress, RunOptions, RunResult, run_sync
+from engine.run.driver import Progress
 from engine.core.errors import RunCancelled, RunConflict
 from engine.core.faults import DriverCrash, FaultPlan
-from connectors.specload import parse_spec
-from tests.truth import assert_bronze_equals_source, assert_state_not_ahead_of_data, day_cursor
+from tests.support.shop import assert_synced, sample_spec
+from tests.support.syncing import planned, recorded_by_extraction, sync
+from tests.support.truth import assert_state_not_ahead_of_data
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-DAYS = 30
-SPEC = """
-name: {name}
-source_type: sample
-sync_mode: incremental
-source:
-  seed: 5
-  days: {days}
-  customers: 3000
-  orders: 20000
-  partition_rows: 4000
-  read_delay_ms: {read_delay_ms}
-streams:
-{streams}
-tuning:
-  max_in_flight: {max_in_flight}
-  commit_rows: {commit_rows}
-"""
 WAIT_S = 90  # a deadline for polling and joins, far above what any step here takes
-
-
-def sample_spec(
-    name: str, *, read_delay_ms: int = 0, streams: tuple[str, ...] = ("customers", "orders"),
-    max_in_flight: int = 4, commit_rows: int = 100_000,
-) -> tuple[SampleSpec, str]:
-    """Return (spec, yaml text) for a small sample shop (1 customers and 5 orders partitions); `name`
-    keeps each test's tables apart."""
-    text = SPEC.format(name=name, days=DAYS, read_delay_ms=read_delay_ms, max_in_flight=max_in_flight,
-                       commit_rows=commit_rows,
-                       streams="\n".join(f"  - name: {s}" for s in streams))
-    spec = parse_spec(text)
-    assert isinstance(spec, SampleSpec)
-    return spec, text
-
-
-def sync(spec: SampleSpec, text: str, settings: Settings, database: Database, **kwargs: Any) -> RunResult:
-    return run_sync(spec, text, db=database, settings=settings, **kwargs)
 
 
 @contextmanager
@@ -126,44 +87,12 @@ def runs(database: Database) -> list[tuple[str, str, str | None]]:
             "select id, status, error from connector_runs order by created_at")]
 
 
-def planned(database: Database, run_id: str) -> dict[str, dict[str, Any]]:
-    """Return the `stream.planned` log fields of a run, by stream."""
-    with database.connect() as conn:
-        return {r["fields"]["stream"]: r["fields"] for r in records.get_logs(conn, run_id)
-                if r["event"] == "stream.planned"}
-
-
-def recorded_by_extraction(database: Database) -> dict[str, int]:
-    """Return {extraction id: partitions recorded in connector_state}."""
-    with database.connect() as conn:
-        return {str(e): int(n) for e, n in conn.execute(
-            "select extraction_id, count(*) from connector_state where kind = 'partition' group by extraction_id")}
-
-
-def assert_synced(spec: SampleSpec, settings: Settings, database: Database) -> None:
-    """What a user checks after the sync finally succeeded: bronze equals the source, once, in Postgres and
-    Delta; every planned partition recorded and backed by data; every extraction done; cursors at the
-    source's clock."""
-    streams = [s.name for s in spec.streams]
-    for stream in streams:
-        assert_bronze_equals_source(spec, stream, db_url=database.url, lakehouse_uri=settings.lakehouse_uri)
-    checked = assert_state_not_ahead_of_data(database.url, settings.lakehouse_uri, spec)
-    with database.connect() as conn:
-        extractions = conn.execute(
-            "select coalesce(sum(jsonb_array_length(partitions)), 0), count(*) filter (where status <> 'done')"
-            " from connector_extractions").fetchone()
-        instance_id = records.find_instance(conn, spec.name)["id"]
-        cursors = {s: state.get_cursor(conn, instance_id, s) for s in streams}
-    assert extractions == (checked, 0), "(partitions planned, extractions unfinished) vs partitions recorded"
-    assert cursors == {s: day_cursor(DAYS) for s in streams}
-
-
 # -- processes killed from outside ----------------------------------------------------------------------
 
 
 def test_read_task_killed_mid_partition_is_retried_and_the_run_succeeds(settings, database):
     spec, text = sample_spec("kill_read", read_delay_ms=1500)
-    with in_background(sync, spec, text, settings, database) as run:
+    with in_background(sync, settings, database, text) as run:
         killed = kill_first(("ray::read kill_read.orders",), run)
         result = run.result(timeout=WAIT_S)
     assert killed is not None and killed.startswith("ray::read kill_read.orders"), "no orders read was killed"
@@ -183,7 +112,7 @@ def test_writer_actor_killed_mid_run_is_restarted_and_the_run_succeeds(settings,
 
     # Writers still alive from earlier tests are not this run's; the orders writer is the only new one.
     earlier = {p.pid for p in ray_workers("ray::BronzeWriter") + ray_workers("ray::write ")}
-    with in_background(sync, spec, text, settings, database, on_progress=on_progress) as run:
+    with in_background(sync, settings, database, text, on_progress=on_progress) as run:
         # Kill it after a first commit, so later partitions go through the restarted actor; busy or idle.
         killed = kill_first(("ray::write kill_writer.orders", "ray::BronzeWriter"), run, ignore=earlier,
                             when=committed.is_set)
@@ -203,7 +132,7 @@ def test_writer_actor_killed_mid_run_is_restarted_and_the_run_succeeds(settings,
 def test_worker_killed_at_a_crash_point_is_replayed_without_duplicates(point, settings, database, tmp_path: Path):
     spec, text = sample_spec(f"crash_{point.replace('.', '_')}")
     faults = FaultPlan(points=(point,), marker_dir=str(tmp_path))
-    result = sync(spec, text, settings, database, options=RunOptions(faults=faults))
+    result = sync(settings, database, text, faults=faults)
     assert (tmp_path / point).exists(), f"crash point {point} was never reached"
     assert result.status == "succeeded"
     assert result.rows_by_stream == {"customers": 3000, "orders": 20000}, "a replayed partition counted twice"
@@ -223,7 +152,7 @@ def test_driver_dying_at_a_checkpoint_leaves_state_behind_data_and_the_next_run_
     spec, text = sample_spec(f"crash_{point.replace('.', '_')}", streams=streams)
     faults = FaultPlan(points=(point,), marker_dir=str(tmp_path))
     with pytest.raises(DriverCrash):
-        sync(spec, text, settings, database, options=RunOptions(faults=faults, lease_seconds=1))
+        sync(settings, database, text, faults=faults, lease_seconds=1)
     [(crashed_id, status, _)] = runs(database)
     assert status == "running", "a dead driver cannot mark its run; the lease does"
     recorded = assert_state_not_ahead_of_data(database.url, settings.lakehouse_uri, spec)
@@ -231,7 +160,7 @@ def test_driver_dying_at_a_checkpoint_leaves_state_behind_data_and_the_next_run_
     before = recorded_by_extraction(database)
 
     time.sleep(1.5)  # the dead driver's one-second lease runs out
-    second = sync(spec, text, settings, database)
+    second = sync(settings, database, text)
     assert second.status == "succeeded"
     (first_id, first_status, first_error), (second_id, second_status, _) = runs(database)
     assert (first_id, first_status) == (crashed_id, "failed")
@@ -256,11 +185,11 @@ def test_second_run_while_one_is_active_is_refused_with_the_active_run_id(settin
         running.set()
         assert checked.wait(WAIT_S)
 
-    with in_background(sync, spec, text, settings, database, on_progress=hold) as first:
+    with in_background(sync, settings, database, text, on_progress=hold) as first:
         assert running.wait(WAIT_S), "the first run never reported progress"
         try:
             with pytest.raises(RunConflict) as refused:
-                sync(spec, text, settings, database)
+                sync(settings, database, text)
         finally:
             checked.set()
         result = first.result(timeout=WAIT_S)
@@ -284,7 +213,7 @@ def test_ctrl_c_cancels_the_run_keeps_committed_partitions_and_the_next_run_read
             raise KeyboardInterrupt
 
     with pytest.raises(RunCancelled) as cancelled:
-        sync(spec, text, settings, database, on_progress=ctrl_c_after_first_commit)
+        sync(settings, database, text, on_progress=ctrl_c_after_first_commit)
     [(run_id, status, error)] = runs(database)
     assert (cancelled.value.run_id, status) == (run_id, "cancelled")
     assert "next run resumes" in (error or "")
@@ -292,7 +221,7 @@ def test_ctrl_c_cancels_the_run_keeps_committed_partitions_and_the_next_run_read
     assert recorded >= pressed[0], "partitions committed before Ctrl-C must stay recorded"
     before = recorded_by_extraction(database)
 
-    second = sync(spec, text, settings, database)
+    second = sync(settings, database, text)
     assert [s for _, s, _ in runs(database)] == ["cancelled", "succeeded"]
     plans = planned(database, second.run_id)
     for p in plans.values():

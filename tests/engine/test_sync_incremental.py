@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pytest
 
 from engine.controlplane import state
-from engine.run.driver import RunOptions, run_sync
 from connectors.specload import parse_spec
-from tests.truth import (
+from tests.support.syncing import sync
+from tests.support.truth import (
     assert_exactly_once_per_extraction, bronze_delta, bronze_postgres, day_cursor, keys, source_rows,
 )
 
@@ -31,13 +31,14 @@ tuning:
 """
 
 
-def sync(settings, database, today: int, **opts):
+def sync_day(settings, database, today: int, **opts):
+    """Sync the shop as of day `today`; return the result and the spec."""
     text = SPEC.format(today=today)
-    return run_sync(parse_spec(text), text, db=database, settings=settings, options=RunOptions(**opts)), parse_spec(text)
+    return sync(settings, database, text, **opts), parse_spec(text)
 
 
 def test_second_incremental_run_extracts_only_new_and_changed_rows(settings, database):
-    first, spec20 = sync(settings, database, 20)
+    first, spec20 = sync_day(settings, database, 20)
     assert first.status == "succeeded"
     for stream, pk in (("customers", ("id",)), ("orders", ("id",)), ("order_lines", ("order_id", "line_no"))):
         truth = source_rows(spec20, stream)
@@ -45,7 +46,7 @@ def test_second_incremental_run_extracts_only_new_and_changed_rows(settings, dat
         pg = bronze_postgres(database.url, f"raw_shop_{stream}")
         assert sorted(keys(pg, pk)) == sorted(keys(truth, pk))
 
-    second, spec25 = sync(settings, database, 25)
+    second, spec25 = sync_day(settings, database, 25)
     for stream, pk in (("customers", ("id",)), ("orders", ("id",)), ("order_lines", ("order_id", "line_no"))):
         changed = source_rows(spec25, stream, after_day=20)
         assert changed.num_rows > 0, "the sample source must change between day 20 and day 25"
@@ -65,8 +66,8 @@ def test_second_incremental_run_extracts_only_new_and_changed_rows(settings, dat
 
 
 def test_updated_order_carries_its_new_status_in_the_second_extraction(settings, database):
-    sync(settings, database, 20)
-    second, spec25 = sync(settings, database, 25)
+    sync_day(settings, database, 20)
+    second, spec25 = sync_day(settings, database, 25)
     pg = bronze_postgres(database.url, "raw_shop_orders")
     rows = [r for r in pg.to_pylist() if r["_ipai_run_id"] == second.run_id]
     truth = {r["id"]: r["status"] for r in source_rows(spec25, "orders", after_day=20).to_pylist()}
@@ -75,15 +76,15 @@ def test_updated_order_carries_its_new_status_in_the_second_extraction(settings,
 
 
 def test_full_refresh_rereads_everything_and_keeps_the_cursor(settings, database):
-    sync(settings, database, 20)
-    again, spec20 = sync(settings, database, 20, full_refresh=True)
+    sync_day(settings, database, 20)
+    again, spec20 = sync_day(settings, database, 20, full_refresh=True)
     assert again.rows_by_stream["orders"] == source_rows(spec20, "orders").num_rows
     with psycopg.connect(database.url) as conn:
         assert state.get_cursor(conn, again.instance_id, "orders") == day_cursor(20)
 
 
 def test_bronze_postgres_keeps_source_types_and_compact_system_columns(settings, database):
-    sync(settings, database, 20)
+    sync_day(settings, database, 20)
     with psycopg.connect(database.url) as conn:
         types = dict(conn.execute(
             "select column_name, data_type from information_schema.columns"

@@ -21,11 +21,12 @@ from engine.controlplane import records
 from engine.controlplane import webhooks
 from engine.controlplane.settings import Settings
 from engine.controlplane.db import Database
-from engine.run.driver import RunOptions, RunResult, prepare_run, run_sync
+from engine.run.driver import RunOptions, prepare_run
 from engine.core.errors import RunFailed, SpecError
 from engine.core.secrets import Redactor
 from connectors.specload import parse_spec
-from tests.conftest import Vault
+from tests.support.syncing import sync
+from tests.support.vault import Vault
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -129,10 +130,6 @@ def hook(url: str, *, events: str = "") -> str:
     return f"  - url: {url}\n    signing_secret: {{secret: {SECRET}}}\n" + (f"    events: {events}\n" if events else "")
 
 
-def sync(text: str, settings: Settings, database: Database) -> RunResult:
-    return run_sync(parse_spec(text), text, db=database, settings=settings)
-
-
 def deliveries(database: Database, run_id: str) -> list[tuple[Any, ...]]:
     with database.connect() as conn:
         return conn.execute("select attempt, http_status, delivered, url, event, delivery_id::text, error"
@@ -149,7 +146,7 @@ def test_a_finished_run_posts_one_signed_summary_to_each_webhook_that_wants_it(
 ) -> None:
     text = spec_text(hook(receiver.url("/hook/sync-done?token=abc")),
                      hook(receiver.url("/hook/alerts"), events="[failed]"))
-    result = sync(text, settings, database)
+    result = sync(settings, database, text)
     assert result.status == "succeeded"
 
     [got] = receiver.received
@@ -180,7 +177,7 @@ def test_a_receiver_failing_twice_gets_it_on_the_third_try(
     settings: Settings, database: Database, receiver: Receiver, signing: str,
 ) -> None:
     receiver.script["/hook"] = [500, 500]
-    result = sync(spec_text(hook(receiver.url("/hook"))), settings, database)
+    result = sync(settings, database, spec_text(hook(receiver.url("/hook"))))
 
     assert result.status == "succeeded"
     attempts = receiver.at("/hook")
@@ -198,7 +195,7 @@ def test_a_receiver_refusing_the_delivery_is_not_retried_and_the_run_still_succe
     settings: Settings, database: Database, receiver: Receiver, signing: str,
 ) -> None:
     receiver.script["/hook"] = [400]
-    result = sync(spec_text(hook(receiver.url("/hook"))), settings, database)
+    result = sync(settings, database, spec_text(hook(receiver.url("/hook"))))
 
     assert result.status == "succeeded"
     assert len(receiver.at("/hook")) == 1
@@ -214,7 +211,7 @@ def test_a_failed_run_sends_the_failed_event_with_its_error(
     settings: Settings, database: Database, receiver: Receiver, signing: str,
 ) -> None:
     with pytest.raises(RunFailed) as failed:
-        sync(spec_text(hook(receiver.url("/hook")), streams=("nope",)), settings, database)
+        sync(settings, database, spec_text(hook(receiver.url("/hook")), streams=("nope",)))
 
     [got] = receiver.received
     body = got.payload
@@ -228,7 +225,7 @@ def test_a_missing_signing_secret_fails_the_run_before_the_source_is_read(
     settings: Settings, database: Database, receiver: Receiver,
 ) -> None:
     with pytest.raises(RunFailed) as failed:
-        sync(spec_text(hook(receiver.url("/hook"))), settings, database)
+        sync(settings, database, spec_text(hook(receiver.url("/hook"))))
 
     message = str(failed.value)
     assert f"webhooks[0].signing_secret: secret '{SECRET}' is not set in the Vault" in message
@@ -245,7 +242,7 @@ def test_plain_http_to_another_host_fails_the_run_up_front(
     settings: Settings, database: Database, receiver: Receiver, signing: str,
 ) -> None:
     with pytest.raises(RunFailed, match=r"webhooks\[0\]\.url: http://hooks\.example\.com/x is not https://"):
-        sync(spec_text(hook("http://hooks.example.com/x")), settings, database)
+        sync(settings, database, spec_text(hook("http://hooks.example.com/x")))
 
 
 def scripted(*answers: int | tuple[int, str] | None) -> httpx.MockTransport:

@@ -11,11 +11,9 @@ The syncs run once per module (about 20 s); each test then takes well under a fe
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,14 +28,16 @@ import pytest
 from psycopg import errors
 
 from engine.controlplane.settings import Settings
-from engine.controlplane.db import Database, migrate, with_database
-from engine.run.driver import RunOptions, run_sync
+from engine.controlplane.db import Database
 from engine.controlplane.vault import set_secret
 from connectors.specload import parse_spec
 from layers.gold.apply import DEFAULT_DIRECTORY, apply_gold, list_gold, load_gold
 from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorProcess
-from tests.truth import source_rows
+from tests.support.cli import base_env
+from tests.support.databases import migrated, scratch_database
+from tests.support.syncing import sync
+from tests.support.truth import source_rows
 
 TOKEN = "gold-canary-token-5e1b"
 SHIPPED = ("gold_engineering_pull_requests", "gold_finance_invoices", "gold_sales_orders", "gold_web_daily_traffic",
@@ -75,7 +75,7 @@ class Lake:
 
 def _sync(db: Database, settings: Settings, text: str) -> None:
     text = "layers: [bronze, silver]\n" + text.lstrip("\n")  # silver is what gold reads
-    result = run_sync(parse_spec(text), text, db=db, settings=settings, options=RunOptions())
+    result = sync(settings, db, text)
     assert result.status == "succeeded", result
 
 
@@ -142,16 +142,11 @@ streams: [{{name: res_company}}, {{name: res_partner}}, {{name: account_move}}]
 @pytest.fixture(scope="module")
 def lake(admin_url: str, ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     """A migrated database with bronze and silver from real syncs of all four sources."""
-    name = f"ipai_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    db = Database(with_database(admin_url, name))
-    tmp = tmp_path_factory.mktemp("gold")
-    settings = Settings(home=tmp / "home", database_url=db.url, lakehouse_uri=str(tmp / "lakehouse"),
-                        ray_address=None)
-    try:
-        with db.connect() as conn:
-            migrate(conn)
+    with scratch_database(admin_url) as db:
+        migrated(db)
+        tmp = tmp_path_factory.mktemp("gold")
+        settings = Settings(home=tmp / "home", database_url=db.url, lakehouse_uri=str(tmp / "lakehouse"),
+                            ray_address=None)
         with pytest.MonkeyPatch.context() as env:
             env.setenv("IPAI_DEV_MODE", "1")  # the emulators speak plain HTTP on loopback
             env.setenv("IPAI_CREDENTIAL_IDLE_S", "20")
@@ -164,9 +159,6 @@ def lake(admin_url: str, ray_cluster: None, tmp_path_factory: pytest.TempPathFac
                     done.result()
         deleted = _mark_deleted(db)
         yield Lake(db, settings, 20, deleted)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 def _mark_deleted(db: Database) -> dict[str, tuple[Any, ...]]:
@@ -437,9 +429,9 @@ def test_broken_sql_names_file_line_and_message_and_the_rest_still_apply(lake, t
         assert conn.execute("select to_regclass('gold.gold_test_syntax')").fetchone() == (None,)
         assert conn.execute("select count(tier) from gold.gold_test_customers").fetchone()[0] > 0
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IPAI_", "RAY_ADDRESS"))}
+    env = base_env()
     env["IPAI_HOME"] = str(lake.settings.home)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli.main", "gold", "apply", "--dir", str(second),
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "gold", "apply", "--dir", str(second),
                            "--database-url", lake.db.url], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc
     assert f"{second / 'gold_test_by_status.sql'}:3:32: column \"amount_usd\" does not exist" in proc.stderr
@@ -538,7 +530,7 @@ def test_analyst_reads_gold_and_nothing_of_the_control_plane(lake, applied, tmp_
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_run_with_the_gold_layer_leaves_its_views_current(settings: Settings, database: Database) -> None:
     text = "layers: [bronze, silver, gold]\n" + SAMPLE.format(today=20).lstrip("\n")
-    result = run_sync(parse_spec(text), text, db=database, settings=settings)
+    result = sync(settings, database, text)
     assert result.status == "succeeded"
     spec = parse_spec(text)
     with database.connect() as conn:

@@ -16,11 +16,11 @@ import pytest
 from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from engine.run.driver import RunOptions, run_sync
 from connectors.specload import parse_spec
 from layers.silver.merge import SilverMerger
 from layers.silver.target import SilverTarget
-from tests.truth import bronze_postgres, source_rows
+from tests.support.syncing import sync
+from tests.support.truth import bronze_postgres, source_rows
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -43,7 +43,7 @@ tuning:
 def shop_sync(settings: Any, database: Any, *, today: int, layers: str = "bronze, silver", name: str = "shop",
               **options: Any) -> Any:
     text = SHOP.format(today=today, layers=layers, name=name)
-    return run_sync(parse_spec(text), text, db=database, settings=settings, options=RunOptions(**options))
+    return sync(settings, database, text, **options)
 
 
 def pg_rows(url: str, table: str, columns: list[str], key: str = "id") -> list[tuple]:
@@ -221,11 +221,11 @@ def test_a_full_sync_soft_deletes_the_keys_the_source_no_longer_has(settings, da
         conn.execute("insert into src.items select g, 'item ' || g, now() from generate_series(1, 3000) g")
     text = (f"name: inv\nsource_type: database\nsync_mode: full\nlayers: [bronze, silver]\n"
             f"source:\n  url: {database.url}\n  partition_rows: 1000\n  tables:\n    - {{table: src.items}}\n")
-    assert run_sync(parse_spec(text), text, db=database, settings=settings).status == "succeeded"
+    assert sync(settings, database, text).status == "succeeded"
     with psycopg.connect(database.url, autocommit=True) as conn:
         conn.execute("delete from src.items where id between 101 and 150")
         conn.execute("update src.items set name = 'renamed' where id = 7")
-    second = run_sync(parse_spec(text), text, db=database, settings=settings)
+    second = sync(settings, database, text)
     assert second.status == "succeeded"
     delta = DeltaTable(f"{settings.lakehouse_uri}/silver/inv_items").to_pyarrow_table()
     for rows in (data_rows(delta, ["id", "name", "_ipai_deleted"]), pg_rows(database.url, "inv_items",
@@ -282,7 +282,7 @@ def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a
 
     incremental = spec("inc", "incremental")
     for step in range(3):
-        assert run_sync(parse_spec(incremental), incremental, db=database, settings=settings).status == "succeeded"
+        assert sync(settings, database, incremental).status == "succeeded"
         with psycopg.connect(database.url, autocommit=True) as conn:
             top = conn.execute("select max(updated_at) from shop.orders").fetchone()[0]
             # New rows past the cursor, and late updates 5 minutes behind it (inside the 10-minute lookback).
@@ -290,9 +290,9 @@ def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a
                          " from generate_series(%s::int, %s::int) g", (top, 2001 + step * 100, 2100 + step * 100))
             conn.execute("update shop.orders set status = %s, updated_at = %s - interval '5 minutes'"
                          " where id %% 97 = %s", (f"late {step}", top, step))
-    assert run_sync(parse_spec(incremental), incremental, db=database, settings=settings).status == "succeeded"
+    assert sync(settings, database, incremental).status == "succeeded"
     full = spec("fullcopy", "full")
-    assert run_sync(parse_spec(full), full, db=database, settings=settings).status == "succeeded"
+    assert sync(settings, database, full).status == "succeeded"
     columns = ["id", "status", "amount", "updated_at", "_ipai_deleted"]
     assert pg_rows(database.url, "inc_orders", columns) == pg_rows(database.url, "fullcopy_orders", columns)
     with psycopg.connect(database.url) as conn:
@@ -313,14 +313,14 @@ def test_a_new_partition_layout_is_refused_until_silver_is_rebuilt_from_bronze(s
     text = SHOP.format(today=20, layers="bronze, silver", name="shop") + (
         "streams:\n  - {name: customers, silver: {partition_by: [country]}}\n  - {name: orders}\n")
     with pytest.raises(RunFailed) as refused:
-        run_sync(parse_spec(text), text, db=database, settings=settings)
+        sync(settings, database, text)
     assert "partitioned by nothing" in str(refused.value) and "ipai silver rebuild" in str(refused.value)
     env = {"IPAI_DATABASE_URL": database.url, "IPAI_LAKEHOUSE_URI": settings.lakehouse_uri,
            "IPAI_HOME": str(settings.home)}
     rebuilt = CliRunner().invoke(app, ["silver", "rebuild", "shop", "--stream", "customers", "--yes"], env=env)
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "customers: silver shop_customers dropped" in rebuilt.output
-    assert run_sync(parse_spec(text), text, db=database, settings=settings).status == "succeeded"
+    assert sync(settings, database, text).status == "succeeded"
     table = DeltaTable(f"{settings.lakehouse_uri}/silver/shop_customers")
     assert table.metadata().partition_columns == ["country"]
     truth = source_rows(parse_spec(text), "customers")
@@ -337,12 +337,12 @@ def test_a_source_column_changing_type_mid_life_quarantines_only_the_rows_that_d
         conn.execute("insert into drift.items select g, g, %s from generate_series(1, 1500) g", (T0,))
     text = (f"name: dr\nsource_type: database\nsync_mode: incremental\nlayers: [bronze, silver]\nsource:\n"
             f"  url: {database.url}\n  partition_rows: 1000\n  tables:\n    - {{table: drift.items, cursor: updated_at}}\n")
-    assert run_sync(parse_spec(text), text, db=database, settings=settings).status == "succeeded"
+    assert sync(settings, database, text).status == "succeeded"
     with psycopg.connect(database.url, autocommit=True) as conn:  # the source's column becomes text
         conn.execute("alter table drift.items alter column n type text")
         conn.execute("update drift.items set n = 'n/a', updated_at = %s where id = 5", (T0 + timedelta(days=1),))
         conn.execute("update drift.items set n = '70', updated_at = %s where id = 7", (T0 + timedelta(days=1),))
-    second = run_sync(parse_spec(text), text, db=database, settings=settings)
+    second = sync(settings, database, text)
     assert second.status == "succeeded"
     with database.connect() as conn:
         logged = conn.execute("select message from connector_run_logs where run_id = %s and event = 'bronze.quarantined'",

@@ -34,41 +34,47 @@ instance's slot and starts a new snapshot; silver takes the newest complete snap
 
 Server settings: `wal_level = logical` (a restart), `max_replication_slots` and `max_wal_senders` above the
 slots in use, and a role with REPLICATION (or superuser) that owns the tables (to publish them).
+
+This module runs in the driver (slots, publications, the exported snapshot, planning, confirming, dropping);
+the read tasks decode a window of changes in connectors/database/cdc/changes.py, and a snapshot partition is
+read by the table stream through a connection that imports the snapshot (the PostgreSQL dialect).
 """
 
 from __future__ import annotations
 
-import re
-import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg
-import pyarrow as pa
 
 from connectors.database.cdc import pgoutput
-from engine.core.errors import ConfigError, TransientError
+from connectors.database.dialects import PostgresDialect, dialect_for, driver_message
+from connectors.database.spec import TableSpec
+from engine.core.errors import ConfigError
 from engine.core.protocol import Partition, Plan, PlanContext
 from engine.core.spec import redact_url
 
-if TYPE_CHECKING:
-    from connectors.database.stream import DatabaseStream
-    from connectors.database.dialects import Column
-
-CDC_FIELDS = (pa.field("_ipai_op", pa.string()), pa.field("_ipai_lsn", pa.int64()),
-              pa.field("_ipai_seq", pa.int32()), pa.field("_ipai_unchanged", pa.string()))
-BATCH_ROWS = 50_000
-FLUSH_WAIT_S = 30.0
 WAL_ADVICE = ("CDC needs wal_level = logical on the source server: set it in postgresql.conf (or run "
               "ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL; the role also needs REPLICATION "
               "(or superuser), and max_replication_slots / max_wal_senders room for one slot per table")
-_SNAPSHOT_NAME = re.compile(r"^[0-9A-F-]+$")
 
 _EXPORTED: dict[str, tuple[psycopg.Connection[Any], str]] = {}
 """slot -> (the replication connection holding its exported snapshot, the snapshot's name); driver process."""
 
 
-def slot_name(stream: DatabaseStream) -> str:
+class TableStream(Protocol):
+    """What CDC needs of a table stream (`DatabaseStream` in connectors/database/stream.py, which calls in here)."""
+
+    @property
+    def spec_name(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def table(self) -> TableSpec: ...
+    @property
+    def partition_rows(self) -> int: ...
+
+
+def slot_name(stream: TableStream) -> str:
     return stream.table.slot or f"ipai_{stream.spec_name}_{stream.name}".lower()[:63]
 
 
@@ -76,26 +82,23 @@ def owner_mark(instance_id: str) -> str:
     return f"ipai instance {instance_id}"
 
 
-def _connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    from connectors.database.dialects import _first_line, _redact
-
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection to the source server; a failure to connect is a ConfigError, URL redacted."""
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
     except psycopg.Error as exc:
-        raise ConfigError(f"source database {redact_url(url)}: {_redact(url, _first_line(exc))}") from None
+        raise ConfigError(f"source database {redact_url(url)}: {driver_message(url, exc)}") from None
 
 
 # -- planning (driver) -----------------------------------------------------------------------------------
 
 
-def plan(stream: DatabaseStream, ctx: PlanContext, url: str) -> Plan:
-    from connectors.database.dialects import PostgresDialect, dialect_for
-
+def plan(stream: TableStream, ctx: PlanContext, url: str) -> Plan:
     if not isinstance(dialect_for(url), PostgresDialect):
         raise ConfigError(f"stream {stream.name}: sync_mode cdc follows PostgreSQL's write-ahead log; "
                           "for other databases use incremental with a cursor column")
     slot = slot_name(stream)
-    with _connect(url) as conn:
+    with connect(url) as conn:
         _check_server(conn, url)
         _check_table(conn, stream, url)
         slot_row = _ownership(conn, slot, ctx.instance_id, url)
@@ -122,7 +125,7 @@ def plan(stream: DatabaseStream, ctx: PlanContext, url: str) -> Plan:
         return Plan([_changes_partition(stream, slot, cursor, hi)], cursor_to=hi)
 
 
-def _changes_partition(stream: DatabaseStream, slot: str, lo: int, hi: int) -> Partition:
+def _changes_partition(stream: TableStream, slot: str, lo: int, hi: int) -> Partition:
     return Partition(stream.name, (("slot", slot),), (lo, hi))
 
 
@@ -133,7 +136,7 @@ def _check_server(conn: psycopg.Connection[Any], url: str) -> None:
         raise ConfigError(f"source database {redact_url(url)} runs with wal_level = {level}. {WAL_ADVICE}")
 
 
-def _check_table(conn: psycopg.Connection[Any], stream: DatabaseStream, url: str) -> None:
+def _check_table(conn: psycopg.Connection[Any], stream: TableStream, url: str) -> None:
     t = stream.table
     row = conn.execute(
         "select c.relreplident, exists (select from pg_index i where i.indrelid = c.oid and i.indisprimary)"
@@ -169,10 +172,8 @@ def _ownership(conn: psycopg.Connection[Any], slot: str, instance_id: str,
     return None if slot_row is None else (slot_row[1], bool(slot_row[2]))
 
 
-def _plan_snapshot(stream: DatabaseStream, conn: psycopg.Connection[Any], url: str, slot: str, slot_exists: bool,
+def _plan_snapshot(stream: TableStream, conn: psycopg.Connection[Any], url: str, slot: str, slot_exists: bool,
                    instance_id: str) -> Plan:
-    from connectors.database.dialects import dialect_for
-
     close_snapshot(slot)
     if slot_exists:
         conn.execute("select pg_drop_replication_slot(%s)", (slot,))  # ours (checked): a new snapshot needs a new slot
@@ -180,7 +181,7 @@ def _plan_snapshot(stream: DatabaseStream, conn: psycopg.Connection[Any], url: s
     if conn.execute("select 1 from pg_publication where pubname = %s", (slot,)).fetchone() is None:
         conn.execute(f'create publication "{slot}" for table {_quoted(t.schema_name)}.{_quoted(t.table_name)}')
         conn.execute(f'comment on publication "{slot}" is {_literal(owner_mark(instance_id))}')
-    rep = _connect(url, replication="database")
+    rep = connect(url, replication="database")
     result = rep.pgconn.exec_(f"CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput (SNAPSHOT 'export')".encode())
     if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
         message = (result.error_message or b"").decode(errors="replace").strip()
@@ -196,8 +197,8 @@ def _plan_snapshot(stream: DatabaseStream, conn: psycopg.Connection[Any], url: s
         with d.catalog(url, snapshot=snapshot) as cat:
             columns, pk = d.columns(cat, t, url)
             by_name = {c.name: c for c in columns}
-            key = stream.partition_key(d, by_name, pk)
-            ranges = stream._ranges(d, cat, key, by_name, None)
+            key = d.partition_key(t, by_name, pk)
+            ranges = d.key_ranges(cat, t, key, by_name, None, partition_rows=stream.partition_rows)
     except BaseException:
         close_snapshot(slot)
         raise
@@ -209,7 +210,7 @@ def _plan_snapshot(stream: DatabaseStream, conn: psycopg.Connection[Any], url: s
     return Plan(parts, cursor_to=max(hi, consistent), primary_key=tuple(pk))
 
 
-def resumable(stream: DatabaseStream, partitions: list[Partition]) -> bool:
+def resumable(stream: TableStream, partitions: list[Partition]) -> bool:
     """Whether an unfinished extraction can go on in this process: snapshot reads need the exported snapshot,
     which lives only as long as the replication connection of the driver that made it."""
     names = {dict(p.where)["snapshot"] for p in partitions if "snapshot" in dict(p.where)}
@@ -219,12 +220,12 @@ def resumable(stream: DatabaseStream, partitions: list[Partition]) -> bool:
     return held is not None and not held[0].closed and names == {held[1]}
 
 
-def committed(stream: DatabaseStream, cursor: Any, url: str) -> None:
+def committed(stream: TableStream, cursor: Any, url: str) -> None:
     """The stream's partitions are in bronze up to `cursor`: confirm it to the slot, release the snapshot."""
     slot = slot_name(stream)
     close_snapshot(slot)
     if cursor is not None:
-        with _connect(url) as conn:
+        with connect(url) as conn:
             _advance(conn, slot, int(cursor))
 
 
@@ -238,7 +239,7 @@ def drop(url: str, slot: str, instance_id: str) -> list[str]:
     """Remove this instance's slot and publication; return what was removed. Refuses another owner's."""
     close_snapshot(slot)
     removed = []
-    with _connect(url) as conn:
+    with connect(url) as conn:
         slot_row = _ownership(conn, slot, instance_id, url)
         if slot_row is not None:
             active = conn.execute("select active_pid from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
@@ -270,133 +271,3 @@ def _quoted(name: str) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-# -- reading (Ray task) ----------------------------------------------------------------------------------
-
-
-def snapshot_name(name: str) -> str:
-    """An exported snapshot's name, checked before it is written into SET TRANSACTION SNAPSHOT (no binds)."""
-    if not _SNAPSHOT_NAME.match(name):
-        raise ConfigError(f"not a snapshot name: {name!r}")
-    return name
-
-
-def with_snapshot_columns(batch: pa.RecordBatch, lsn: int) -> pa.RecordBatch:
-    """A snapshot batch with the change columns: op 'r' at the slot's consistent point."""
-    n = batch.num_rows
-    values = [pa.repeat(pa.scalar("r"), n), pa.repeat(pa.scalar(lsn, pa.int64()), n),
-              pa.repeat(pa.scalar(-1, pa.int32()), n), pa.nulls(n, pa.string())]
-    return pa.RecordBatch.from_arrays([*batch.columns, *values], schema=pa.schema([*batch.schema, *CDC_FIELDS]))
-
-
-def read_changes(columns: tuple[Column, ...], key: tuple[str, ...], url: str,
-                 partition: Partition) -> Iterator[pa.RecordBatch]:
-    """The changes of one window [lo, hi) of the slot, as batches in commit order."""
-    slot = dict(partition.where)["slot"]
-    lo, hi = (int(v) for v in partition.window)
-    with _connect(url) as conn:
-        _wait_flushed(conn, hi)
-        conn.execute("set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set bytea_output = 'hex';"
-                     " set extra_float_digits = 3; set intervalstyle = 'postgres'")
-        rows = _Rows(columns, key)
-        keep = False
-        with conn.transaction(), conn.cursor(name="ipai_cdc") as cur:
-            cur.itersize = 2_000
-            cur.execute("select data from pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, null,"
-                        " 'proto_version', '1', 'publication_names', %s)", (slot, pgoutput.lsn_text(hi), slot))
-            for (data,) in cur:
-                message = pgoutput.decode(bytes(data))
-                if isinstance(message, pgoutput.Begin):
-                    keep = lo <= message.lsn < hi
-                    rows.begin(message.lsn)
-                elif isinstance(message, pgoutput.Relation):
-                    rows.relations[message.oid] = message
-                elif isinstance(message, pgoutput.Change) and keep:
-                    rows.add(message)
-                    if len(rows) >= BATCH_ROWS:
-                        yield rows.flush()
-        if len(rows):
-            yield rows.flush()
-
-
-def _wait_flushed(conn: psycopg.Connection[Any], lsn: int) -> None:
-    """Wait until WAL is flushed past `lsn` (a record boundary), so every transaction committed before it can
-    be decoded; the WAL writer flushes within wal_writer_delay."""
-    deadline = time.monotonic() + FLUSH_WAIT_S
-    while True:
-        row = conn.execute("select pg_current_wal_flush_lsn()::text").fetchone()
-        if row and pgoutput.lsn_int(row[0]) >= lsn:
-            return
-        if time.monotonic() > deadline:
-            raise TransientError(f"the source's WAL was not flushed to {pgoutput.lsn_text(lsn)} "
-                                 f"within {FLUSH_WAIT_S:.0f} s")
-        time.sleep(0.05)
-
-
-class _Rows:
-    """Change rows collected column-wise and turned into Arrow batches of the table's bronze types."""
-
-    def __init__(self, columns: tuple[Column, ...], key: tuple[str, ...]) -> None:
-        from connectors.database.dialects import _arrow_type
-
-        self.columns = columns
-        self.key = key
-        self.types = [pgoutput.converter(c.type, _arrow_type(c)) for c in columns]
-        self.relations: dict[int, pgoutput.Relation] = {}
-        self.values: list[list[Any]] = [[] for _ in columns]
-        self.op: list[str] = []
-        self.lsn: list[int] = []
-        self.seq: list[int] = []
-        self.unchanged: list[str | None] = []
-        self.txn_lsn = 0
-        self.txn_seq = 0
-
-    def __len__(self) -> int:
-        return len(self.op)
-
-    def begin(self, lsn: int) -> None:
-        self.txn_lsn, self.txn_seq = lsn, 0
-
-    def add(self, change: pgoutput.Change) -> None:
-        if change.op == "t":
-            self._append("t", {}, None)
-            return
-        relation = self.relations[change.relation]
-        old = dict(zip(relation.columns, change.old, strict=True)) if change.old is not None else None
-        if change.op == "d":
-            self._append("d", old or {}, None)
-            return
-        new = dict(zip(relation.columns, change.new or (), strict=True))
-        if change.op == "u" and old is not None and any(old.get(k) != new.get(k) for k in self.key):
-            self._append("d", old, None)  # the key changed: the old key's row is gone
-        unchanged = []
-        for name, value in new.items():
-            if value is pgoutput.UNCHANGED:
-                kept = old.get(name) if old is not None else None
-                if kept is None or kept is pgoutput.UNCHANGED:
-                    unchanged.append(name)
-                    new[name] = None
-                else:
-                    new[name] = kept
-        self._append(change.op, new, ",".join(unchanged) or None)
-
-    def _append(self, op: str, row: dict[str, Any], unchanged: str | None) -> None:
-        for values, column in zip(self.values, self.columns, strict=True):
-            value = row.get(column.name)
-            values.append(None if value is pgoutput.UNCHANGED else value)
-        self.op.append(op)
-        self.lsn.append(self.txn_lsn)
-        self.seq.append(self.txn_seq)
-        self.unchanged.append(unchanged)
-        self.txn_seq += 1
-
-    def flush(self) -> pa.RecordBatch:
-        arrays = [pgoutput.to_array(values, typ, parse) for values, (typ, parse) in zip(self.values, self.types, strict=True)]
-        arrays += [pa.array(self.op, pa.string()), pa.array(self.lsn, pa.int64()), pa.array(self.seq, pa.int32()),
-                   pa.array(self.unchanged, pa.string())]
-        fields = [pa.field(c.name, typ) for c, (typ, _) in zip(self.columns, self.types, strict=True)]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema([*fields, *CDC_FIELDS]))
-        self.values = [[] for _ in self.columns]
-        self.op, self.lsn, self.seq, self.unchanged = [], [], [], []
-        return batch

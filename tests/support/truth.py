@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from connectors.sample import DAY_US, ORIGIN_US, SampleSpec, Shop, iso, streams
+from engine.core.spec import ConnectorSpec
 
 
 def shop(spec: SampleSpec) -> Shop:
@@ -101,7 +102,7 @@ def assert_bronze_equals_source(spec: SampleSpec, stream: str, *, db_url: str, l
                 f"delta {stream}: values differ from the source")
 
 
-def assert_state_not_ahead_of_data(db_url: str, lakehouse_uri: str, spec: SampleSpec) -> int:
+def assert_state_not_ahead_of_data(db_url: str, lakehouse_uri: str, spec: ConnectorSpec) -> int:
     """Check that every partition in `connector_state` is committed in Delta and in the Postgres load ledger,
     with the rows the state says; return how many partitions were checked.
 

@@ -1,0 +1,61 @@
+"""What every phase of one run shares (`RunContext`): the spec and the options it was asked with, the run's ids,
+the control-plane connection its records go through, the source's secrets and the redactor that keeps them out
+of every message, and the timings kept on the run row."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from engine.controlplane import records
+from engine.controlplane.db import Database
+from engine.controlplane.settings import Settings
+from engine.controlplane.vault import VaultSecretStore
+from engine.core.faults import FaultPlan
+from engine.core.secrets import Redactor
+from engine.core.spec import ConnectorSpec
+from engine.run.raytime import ensure_ray
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run was asked for (not part of the spec)."""
+
+    full_refresh: bool = False
+    trigger: str = "cli"
+    dashboard: bool = False
+    lease_seconds: float = 120.0
+    """An active run whose heartbeat is older than this is taken as dead and marked failed."""
+    faults: FaultPlan | None = None
+
+
+@dataclass
+class RunContext:
+    """One run's shared values; `secrets` and `redact` are filled once the run has resolved its secrets."""
+
+    spec: ConnectorSpec
+    options: RunOptions
+    settings: Settings
+    db: Database
+    conn: psycopg.Connection[Any]
+    instance_id: str
+    run_id: str
+    store: VaultSecretStore
+    secrets: dict[str, str] = field(default_factory=dict)
+    redact: Redactor = field(default_factory=lambda: Redactor(()))
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def log(self, level: str, event: str, message: str, **fields: Any) -> None:
+        """Record one structured log line on the run."""
+        records.log(self.conn, self.run_id, level, event, message, **fields)
+
+    def connect_ray(self) -> None:
+        """Join (or start) Ray once per run, timing it."""
+        if "ray_connect_s" in self.timings:
+            return
+        t_ray = time.monotonic()
+        ensure_ray(self.settings.ray_address, dashboard=self.options.dashboard)
+        self.timings["ray_connect_s"] = round(time.monotonic() - t_ray, 3)
