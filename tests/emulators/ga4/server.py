@@ -315,9 +315,5 @@ def _install(args: argparse.Namespace, base_url: str) -> Emulator:
 
 
 def serve() -> None:
-    """Run the emulator with the command line's options (what `python -m tests.emulators.ga4` does)."""
+    """`python -m tests.emulators.ga4`: run the emulator with the command line's options."""
     run("ga4", add_arguments=_arguments, install=_install)
-
-
-if __name__ == "__main__":
-    serve()

@@ -336,9 +336,5 @@ def _install(args: argparse.Namespace, base_url: str) -> Emulator:
 
 
 def serve() -> None:
-    """Run the emulator with the command line's options (what `python -m tests.emulators.odoo` does)."""
+    """`python -m tests.emulators.odoo`: run the emulator with the command line's options."""
     run("odoo", add_arguments=_arguments, install=_install)
-
-
-if __name__ == "__main__":
-    serve()
