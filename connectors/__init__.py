@@ -34,6 +34,7 @@ class Connector:
     """The module, or package, that defines or re-exports `spec_name` and `streams(spec)`; imported on first use."""
     spec_name: str
     summary: str
+    """One line for people: what the connector reads."""
     plans_with_ray: bool = False
     """Planning asks the source (parent records, page counts) through the credential's Ray actor."""
 
@@ -53,7 +54,7 @@ class Connector:
 
 CONNECTORS: dict[str, Connector] = {c.source_type: c for c in (
     Connector("database", "connectors.database", "DatabaseSpec",
-              "tables of a PostgreSQL database, read in parallel key ranges over ADBC"),
+              "tables of a PostgreSQL, MySQL/MariaDB or SQLite database, read in parallel key ranges"),
     Connector("sample", "connectors.sample", "SampleSpec", "a deterministic shop (customers, orders, order lines); no network"),
     Connector("http", "connectors.http", "HttpSpec", "any REST API, declared in YAML alone", plans_with_ray=True),
     Connector("ga4", "connectors.ga4", "Ga4Spec", "Google Analytics 4 reports, one partition per property and day"),
