@@ -94,6 +94,8 @@ def describe(exc: BaseException) -> str:
         inner = getattr(exc, "cause", None)
         if inner is not None:
             cause = inner
+    if getattr(cause, "details", None):  # a database driver's error (ADBC): the server's own message
+        return redact_url(f"{type(cause).__name__}: {describe_error(cause)}")
     text = str(cause).strip().splitlines()
     first = next((line for line in reversed(text) if line.strip()), type(cause).__name__) if text else type(cause).__name__
     return redact_url(f"{type(cause).__name__}: {first}")

@@ -294,6 +294,20 @@ def test_a_query_that_does_not_compile_is_named_with_the_servers_words(shop, set
         sync(settings, database, spec_text(database.url, tables))
 
 
+def test_a_query_stream_that_would_write_fails_and_the_source_keeps_every_row(shop, settings, database):
+    """Source sessions are read-only (issue 15): a query that passes the spec's SELECT check but writes through a
+    function with side effects is refused by the server, whether planning or reading runs it, and nothing is
+    deleted at the source."""
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("create function shop.purge(bigint) returns bigint language sql volatile as"
+                     " 'delete from shop.orders where id = $1 returning id'")
+    before = source(database)
+    tables = '    - {name: sneaky, query: "select o.id, shop.purge(o.id) as gone from shop.orders o", primary_key: [id]}\n'
+    with pytest.raises(RunFailed, match=r"cannot execute DELETE in a read-only transaction"):
+        sync(settings, database, spec_text(database.url, tables, mode="full"))
+    assert source(database) == before
+
+
 def test_a_stream_is_a_table_or_a_named_query():
     from engine.core.errors import SpecError
 

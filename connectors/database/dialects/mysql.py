@@ -44,6 +44,9 @@ MYSQL_FIELD_TYPES = {0: "decimal", 1: "tinyint", 2: "smallint", 3: "int", 4: "fl
 MYSQL_INTEGERS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 MYSQL_CURSORS = MYSQL_INTEGERS | {"decimal", "date", "datetime", "timestamp"}
 UTC_SESSION = "SET time_zone = '+00:00'"
+READ_ONLY_SESSION = "SET SESSION TRANSACTION READ ONLY"
+"""Every transaction of a source session is read-only: a query stream may not write, even through a function
+with side effects."""
 
 
 class MysqlDialect(Dialect):
@@ -65,6 +68,7 @@ class MysqlDialect(Dialect):
         conn = pymysql.connect(**self._params(url))
         with conn.cursor() as cur:
             cur.execute(UTC_SESSION)
+            cur.execute(READ_ONLY_SESSION)
         return conn
 
     @contextmanager
@@ -78,7 +82,7 @@ class MysqlDialect(Dialect):
         query = cat.cur.mogrify(sql, params)
         try:
             reader = cx.read_sql("mysql://" + url.split("://", 1)[1], query, return_type="arrow_stream",
-                                 pre_execution_query=[UTC_SESSION])
+                                 pre_execution_query=[UTC_SESSION, READ_ONLY_SESSION])
         except Exception as exc:  # noqa: BLE001 - the driver's message, with the URL redacted
             raise ConfigError(f"source database {redact_url(url)}: {driver_message(url, exc)}") from None
         yield from reader

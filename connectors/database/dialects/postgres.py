@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 
@@ -40,7 +41,7 @@ class PostgresDialect(Dialect):
         import adbc_driver_postgresql.dbapi as adbc
 
         if snapshot is None:
-            return adbc.connect(url)
+            return adbc.connect(read_only(url))
         conn = adbc.connect(url, autocommit=True)  # the transaction is ours: it must import the snapshot first
         cur = conn.cursor()
         cur.execute("begin isolation level repeatable read read only")
@@ -119,6 +120,18 @@ class PostgresDialect(Dialect):
         if c.type == "numeric" and c.typmod >= 4 and ((c.typmod - 4) >> 16) <= 38:
             return pa.decimal128((c.typmod - 4) >> 16, (c.typmod - 4) & 0xFFFF)
         return None
+
+
+def read_only(url: str) -> str:
+    """Return `url` with every transaction of its session read-only (`default_transaction_read_only`, through
+    libpq's `options`, added to any the URL has): a query stream may not write, even through a writable CTE
+    (`with x as (delete ...) select ...`) or a function with side effects."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = " ".join(v for k, v in query if k == "options")
+    rest = [(k, v) for k, v in query if k != "options"]
+    rest.append(("options", f"{options} -c default_transaction_read_only=on".strip()))
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
 
 
 def snapshot_name(name: str) -> str:

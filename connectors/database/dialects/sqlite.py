@@ -25,7 +25,7 @@ class SqliteDialect(Dialect):
         path = Path(urlsplit(url).path)
         if not path.exists():
             raise FileNotFoundError(f"no such file {path}")
-        return adbc.connect(str(path))
+        return adbc.connect(path.resolve().as_uri() + "?mode=ro")  # a query stream may not write the file
 
     def qualified(self, t: TableSpec) -> str:
         return self.quote(t.table_name) if t.schema_name == "public" else super().qualified(t)
