@@ -26,7 +26,12 @@ from layers.silver.target import Merge, SilverResult, SilverTarget
 if TYPE_CHECKING:
     from layers.gold.apply import GoldResult
 
-__all__ = ["Merge", "SilverResult", "SilverTarget", "merge_silver", "refresh_gold", "silver_target"]
+__all__ = ["Merge", "SilverResult", "SilverTarget", "merge_silver", "refresh_gold", "silver_table", "silver_target"]
+
+
+def silver_table(spec_name: str, stream: str) -> str:
+    """The name of a stream's silver table (Delta folder and Postgres table alike)."""
+    return f"{spec_name}_{stream}"
 
 
 def silver_target(
@@ -38,20 +43,20 @@ def silver_target(
     Raises ConfigError when the Delta table exists with other partition columns than the spec now asks for:
     it must be rebuilt from bronze first (`ipai silver rebuild`).
     """
-    table = f"{spec.name}_{stream}"
+    table = silver_table(spec.name, stream)
     lakehouse = spec.destinations.lakehouse.uri or lakehouse_uri
-    delta = bronze.delta_uri is not None
+    delta_uri = table_uri(lakehouse, "silver", table) if bronze.delta_uri is not None else None
     options = spec.silver_options(stream)
-    if delta:
-        problem = DeltaSilverTable(table_uri(lakehouse, "silver", table), key, options.partition_by).layout_problem()
+    if delta_uri:
+        problem = DeltaSilverTable(delta_uri, key, options.partition_by).layout_problem()
         if problem:
             raise ConfigError(f"stream {stream}: {problem}; run `ipai silver rebuild {spec.name} "
                               f"--stream {stream}` to lay it out again from bronze (bronze and cursors stay)")
     return SilverTarget(
         table=table, key=key, cursor=cursor, bronze_table=bronze.table,
-        delta_uri=table_uri(lakehouse, "silver", table) if delta else None,
+        delta_uri=delta_uri,
         bronze_delta_uri=bronze.delta_uri,
-        quarantine_delta_uri=table_uri(lakehouse, "bronze", f"quarantine_{table}") if delta else None,
+        quarantine_delta_uri=table_uri(lakehouse, "bronze", f"quarantine_{table}") if delta_uri else None,
         postgres_url=bronze.postgres_url, postgres_schema=spec.destinations.postgres.silver_schema,
         bronze_postgres_schema=bronze.postgres_schema,
         partition_by=options.partition_by,

@@ -19,6 +19,9 @@ from engine.controlplane import records
 from engine.controlplane.vault import value_as_admin
 from engine.core.errors import ConfigError
 from engine.core.spec import ConnectorSpec
+from layers.delta import table_uri
+from layers.refresh import silver_table
+from layers.silver.drop import drop_delta_table, drop_postgres_table
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class SilverRebuild:
 
     @property
     def tables(self) -> list[str]:
-        return [f"{self.spec.name}_{s}" for s in self.streams]
+        return [silver_table(self.spec.name, s) for s in self.streams]
 
 
 def find_silver_streams(conn: psycopg.Connection[Any], instance: str, *, env: str | None = None,
@@ -54,9 +57,6 @@ def rebuild_silver(conn: psycopg.Connection[Any], found: SilverRebuild, *, contr
                    lakehouse_uri: str) -> Iterator[tuple[str, str]]:
     """Drop each chosen stream's silver table (Delta and Postgres) and mark its extractions unmerged, one stream
     at a time; yield (stream, table) as each is done."""
-    from layers.delta import table_uri
-    from layers.silver.drop import drop_delta_table, drop_postgres_table
-
     dest = found.spec.destinations
     pg_url = None
     if dest.postgres.enabled:
