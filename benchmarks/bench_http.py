@@ -50,6 +50,7 @@ from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
     child_command, child_env, delta_rows, describe_server, dlt_steps, fresh_database, measure_note, print_and_write,
     print_result, run_measured, sync_timed, wait_idle,
 )
+from layers.addressing import Address  # noqa: E402
 
 TOKEN = "bench-http-token"
 PER_PAGE = 100
@@ -62,6 +63,7 @@ TARGETS = {0: 15.0, 100: 30.0}
 """Latency per page (ms) -> the engine's rows/s, at least this many times dlt's."""
 SPEC_TEMPLATE = """\
 name: gh_bench
+env: prod
 source_type: github
 sync_mode: full
 auth: {{type: bearer, token: {{secret: github_token}}}}
@@ -76,7 +78,9 @@ source:
 UNPACED = "  rate_limit: {requests_per_second: null}\n"
 """The connector paces itself to GitHub's secondary limit (15 requests/s per credential) by default. The
 emulator does not enforce that limit and dlt does not pace, so the benchmark lifts it unless `--paced`."""
-ENGINE_TABLE = "raw_gh_bench_issues"
+INSTANCE = Address("local", "prod", "gh_bench")
+"""The engine's instance (the spec says `env: prod`): its bronze table is `bronze.raw_gh_bench_issues`."""
+ENGINE_SCHEMA, ENGINE_TABLE = INSTANCE.schema("bronze"), INSTANCE.bronze_table("issues")
 PEER_DATASET = "peer"
 
 
@@ -275,9 +279,9 @@ def _count(run: str, work: Path, db_url: str) -> tuple[int | None, int, dict[str
         with psycopg.connect(db_url) as conn:
             row = conn.execute(f'select count(*) from "{PEER_DATASET}"."issues"').fetchone()
         return None, row[0] if row else 0, {}
-    delta = delta_rows(work / "lakehouse" / "bronze" / ENGINE_TABLE)
+    delta = delta_rows(work / "lakehouse" / ENGINE_SCHEMA / ENGINE_TABLE)
     with psycopg.connect(db_url) as conn:
-        row = conn.execute(f'select count(*) from bronze."{ENGINE_TABLE}"').fetchone()
+        row = conn.execute(f'select count(*) from "{ENGINE_SCHEMA}"."{ENGINE_TABLE}"').fetchone()
         timings = conn.execute("select timings from connector_runs order by started_at desc limit 1").fetchone()
     return delta, row[0] if row else 0, dict(timings[0] or {}) if timings else {}
 

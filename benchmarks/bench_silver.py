@@ -65,6 +65,7 @@ from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
     child_command, child_result, database, describe_server, measure_note, print_and_write, print_result,
     run_measured, start_child, wait_idle,
 )
+from layers.addressing import Address  # noqa: E402
 
 DELTA_MERGE, DELTA_REWRITE = "Delta merge", "Delta rewrite"
 PG_MERGE, PG_REWRITE = "Postgres merge", "Postgres rewrite"
@@ -81,7 +82,9 @@ RECENT_SHARE = 0.10
 NEW_SHARE = 0.20
 SAMPLE_KEYS = 500
 
-SCHEMA, TABLE, KEY, CURSOR = "silver", "bench_orders", ("id",), "updated_at"
+INSTANCE, STREAM = Address("local", "prod", "bench"), "orders"
+"""The silver table merged into is stream `orders` of a prod instance `bench`: `silver.bench_orders`."""
+SCHEMA, TABLE, KEY, CURSOR = INSTANCE.schema("silver"), INSTANCE.silver_table(STREAM), ("id",), "updated_at"
 DATA_COLUMNS = ("id", "created_at", "updated_at", "status", "amount", "customer_id", "note")
 STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled", "returned")
 T0_S = 1_704_067_200  # 2024-01-01 00:00 UTC
@@ -272,8 +275,10 @@ def copy_ready(rows: pa.Table) -> pa.RecordBatchReader:
 def silver_target(*, delta_uri: str | None = None, postgres_url: str | None = None) -> Any:
     from layers.silver.target import SilverTarget
 
-    return SilverTarget(table=TABLE, key=KEY, cursor=CURSOR, bronze_table=f"raw_{TABLE}", delta_uri=delta_uri,
-                        postgres_url=postgres_url, postgres_schema=SCHEMA)
+    return SilverTarget(table=TABLE, key=KEY, cursor=CURSOR, bronze_table=INSTANCE.bronze_table(STREAM),
+                        delta_uri=delta_uri, quarantine_table=INSTANCE.quarantine_table(STREAM),
+                        postgres_url=postgres_url, postgres_schema=SCHEMA,
+                        bronze_postgres_schema=INSTANCE.schema("bronze"))
 
 
 # -- the sides (each in a subprocess of its own) ----------------------------------------------------

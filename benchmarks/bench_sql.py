@@ -51,6 +51,7 @@ from benchmarks.common import (  # noqa: E402 - needs the repo root on sys.path
     child_command, child_env, database, describe_server, dlt_steps, fastest, measure_note, print_and_write,
     print_result, run_measured, sync_timed, wait_idle,
 )
+from layers.addressing import Address  # noqa: E402
 
 FLOOR = "floor"
 PEER = "dlt sql_table"
@@ -64,7 +65,9 @@ MEMORY_LIMIT_MIB = 3 * 1024
 
 SCHEMA, TABLE = "public", "orders"
 SPEC_NAME = "sqlbench"
-ENGINE_TABLE = f"raw_{SPEC_NAME}_{TABLE}"
+INSTANCE = Address("local", "prod", SPEC_NAME)
+"""The engine's instance (the spec says `env: prod`): its bronze table is `bronze.raw_sqlbench_orders`."""
+ENGINE_SCHEMA, ENGINE_TABLE = INSTANCE.schema("bronze"), INSTANCE.bronze_table(TABLE)
 PEER_DATASET = "peer"
 STATUSES = ("new", "paid", "shipped", "delivered", "cancelled", "refunded")
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -83,6 +86,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 SPEC_TEMPLATE = """\
 name: {name}
+env: prod
 source_type: database
 sync_mode: full
 source:
@@ -349,10 +353,10 @@ def measure(side: str, args: argparse.Namespace, admin_url: str, source: str, sr
 def count_landed(side: str, work: Path, dest_url: str) -> list[Landed]:
     """Read back what the side wrote (outside the timing): Delta, and Postgres for the floor and the engine."""
     delta_path = {FLOOR: work / "lakehouse" / TABLE, PEER: work / "lakehouse" / PEER_DATASET / TABLE}.get(
-        side, work / "lakehouse" / "bronze" / ENGINE_TABLE)
+        side, work / "lakehouse" / ENGINE_SCHEMA / ENGINE_TABLE)
     out = [delta_landed(delta_path)]
     if side != PEER:
-        out.append(postgres_landed(dest_url, "public" if side == FLOOR else "bronze",
+        out.append(postgres_landed(dest_url, "public" if side == FLOOR else ENGINE_SCHEMA,
                                    TABLE if side == FLOOR else ENGINE_TABLE))
     return out
 

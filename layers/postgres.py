@@ -169,6 +169,22 @@ def _batches(table: pa.Table, types: dict[str, pa.DataType], where: str,
     return pa.RecordBatchReader.from_batches(schema, batches)
 
 
+def create_layer_schema(cur: Any, schema: str) -> None:
+    """Create the bronze or silver `schema` where it is missing, in the caller's transaction (take an advisory
+    lock first: concurrent `create schema` collide in the catalog). On a control-plane database the migrations'
+    `ipai.create_layer_schema` makes it, owned by `ipai_bronze`, for any role that syncs (a worker may not
+    create schemas itself); elsewhere the connecting role creates it."""
+    cur.execute("select to_regnamespace($1) is null, to_regprocedure('ipai.create_layer_schema(text)') is not null",
+                (quote_ident(schema),))
+    missing, helper = cur.fetchone()
+    if not missing:
+        return
+    if helper:
+        cur.execute("select ipai.create_layer_schema($1)", (schema,))
+    else:
+        cur.execute(f"create schema if not exists {quote_ident(schema)}")
+
+
 def load_as_layer_owner(cur: Any, schema: str) -> None:
     """Where the control plane's migrations made the layers' owner role (`ipai_bronze`, owner of the bronze and
     silver schemas), act as it for the rest of the session: tables then belong to one role whoever runs the

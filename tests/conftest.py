@@ -92,6 +92,14 @@ def database(admin_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
+def source_database(admin_url: str) -> Iterator[Database]:
+    """A fresh database beside the control plane's, on the same server, for a database source's tables. Never the
+    control-plane database itself: a source may not read that as the platform (connectors/database/guard.py)."""
+    with scratch_database(admin_url) as db:
+        yield db
+
+
+@pytest.fixture
 def embedded_database(embedded_server: Database) -> Iterator[Database]:
     """A fresh database on the embedded PostgreSQL, whatever else is reachable."""
     with scratch_database(embedded_server.url) as db:

@@ -23,6 +23,12 @@ database (a read-only replica will do; how each database describes it: connector
 that does not compile is refused while planning, with the server's message. Its primary key is what
 `primary_key:` says; whether its cursor is indexed cannot be known, so no index warning is given, and
 it has no change log to follow (no sync_mode cdc).
+
+Where a source may connect is the run's to say: planning and every read task take the egress policy and the
+control plane's identity from their context's options (`egress`, `control_plane`; connectors/database/guard.py),
+values the driver captured, so a read task in a Ray worker applies the driver's policy, not its own
+environment's. Each connection checks the host (or SQLite path) before connecting and, on PostgreSQL, refuses
+the control-plane database as the platform before anything is read.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 import pyarrow as pa
 
 from connectors.database.dialects import Catalog, Dialect, dialect_for
+from connectors.database.guard import SourceAccess
 from connectors.database.spec import DatabaseSpec, TableSpec
 from engine.core.errors import ConfigError
 from engine.core.protocol import Partition, Plan, PlanContext, ReadContext
@@ -116,7 +123,7 @@ class DatabaseStream:
 
             return replication.plan(self, ctx, url)
         t = self.table
-        with d.catalog(url) as cat:
+        with d.catalog(url, SourceAccess.of(ctx.options)) as cat:
             columns, pk = d.describe(cat, t, url)
             by_name = {c.name: c for c in columns}
             for field, col in (("cursor", t.cursor), ("partition_on", t.partition_on)):
@@ -154,15 +161,15 @@ class DatabaseStream:
         return (datetime.fromisoformat(cursor) - timedelta(seconds=self.lookback_s)).isoformat(timespec="microseconds")
 
     def open(self, ctx: ReadContext) -> DatabaseReader:
-        return DatabaseReader(self, self._url(ctx.secrets))
+        return DatabaseReader(self, self._url(ctx.secrets), SourceAccess.of(ctx.options))
 
 
 class DatabaseReader:
     """Reads one key range (and cursor window), batch by batch over one Arrow-native connection. The columns
     are read from the catalog here, in the task: a resumed extraction is read without planning again."""
 
-    def __init__(self, stream: DatabaseStream, url: str) -> None:
-        self.stream, self.url = stream, url
+    def __init__(self, stream: DatabaseStream, url: str, access: SourceAccess) -> None:
+        self.stream, self.url, self.access = stream, url, access
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
         from connectors.database.cdc import changes
@@ -170,12 +177,12 @@ class DatabaseReader:
         d = dialect_for(self.url)
         where = dict(partition.where)
         if "slot" in where:  # CDC: the changes of a window of the replication slot
-            with d.catalog(self.url) as cat:
+            with d.catalog(self.url, self.access) as cat:
                 columns, pk = d.columns(cat, self.stream.table, self.url)
-            yield from changes.read_changes(columns, pk, self.url, partition)
+            yield from changes.read_changes(columns, pk, self.url, partition, access=self.access)
             return
         snapshot = where.get("snapshot")
-        with d.catalog(self.url, snapshot=snapshot) as cat:  # one connection: the catalog, then the rows
+        with d.catalog(self.url, self.access, snapshot=snapshot) as cat:  # one connection: the catalog, then the rows
             for batch in self._read(d, cat, partition):
                 yield batch if snapshot is None else changes.with_snapshot_columns(batch, where["lsn"])
 

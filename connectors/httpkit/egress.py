@@ -23,16 +23,9 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from engine.core.errors import ConfigError
+from engine.core.egress import ALLOW_ENV, DEV_MODE_ENV, EgressRefused
 
-DEV_MODE_ENV = "IPAI_DEV_MODE"
-ALLOW_ENV = "IPAI_EGRESS_ALLOW"
 METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
-
-
-class EgressRefused(ConfigError):
-    """A URL the policy does not allow; the message says why and what to change (the spec's URL, or the
-    operator's IPAI_EGRESS_ALLOW)."""
 
 
 @dataclass(frozen=True)

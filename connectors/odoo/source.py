@@ -45,7 +45,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.database import DatabaseReader, DatabaseStream, TableSpec
+from connectors.database import DatabaseReader, DatabaseStream, SourceAccess, TableSpec
 from connectors.database.dialects import Catalog, dialect_for
 from connectors.httpkit import EgressPolicy
 from connectors.odoo.api import OdooApiStream, OdooStreamShape
@@ -99,24 +99,24 @@ class OdooTableStream(OdooStreamShape):
 
     def plan(self, ctx: PlanContext) -> Plan:
         url = self._url(ctx.secrets)
-        with dialect_for(url).catalog(url) as cat:
+        with dialect_for(url).catalog(url, SourceAccess.of(ctx.options)) as cat:
             inner = self.database_stream(cat, url)
         return inner.plan(ctx)
 
     def open(self, ctx: ReadContext) -> OdooTableReader:
-        return OdooTableReader(self, self._url(ctx.secrets))
+        return OdooTableReader(self, self._url(ctx.secrets), SourceAccess.of(ctx.options))
 
 
 class OdooTableReader:
     """Reads one id range of a model: the query is built again here (a resumed extraction is not planned)."""
 
-    def __init__(self, stream: OdooTableStream, url: str) -> None:
-        self.stream, self.url = stream, url
+    def __init__(self, stream: OdooTableStream, url: str, access: SourceAccess) -> None:
+        self.stream, self.url, self.access = stream, url, access
 
     def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
-        with dialect_for(self.url).catalog(self.url) as cat:
+        with dialect_for(self.url).catalog(self.url, self.access) as cat:
             inner = self.stream.database_stream(cat, self.url)
-        for batch in DatabaseReader(inner, self.url).read(partition):
+        for batch in DatabaseReader(inner, self.url, self.access).read(partition):
             yield _as_utc(batch)
 
 

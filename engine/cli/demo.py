@@ -19,6 +19,7 @@ def demo(
     """Sync the sample shop twice (full, then incremental a few days later) and show where the data landed."""
     from connectors.specload import parse_spec
     from engine.run.driver import RunOptions, prepare_run
+    from layers.addressing import Address
 
     settings = resolve_settings(database_url, lakehouse)
     orders = max(1_000, rows * 10 // 36)  # ~0.1 customers and ~2.5 lines per order
@@ -31,9 +32,12 @@ def demo(
             options = RunOptions(trigger="demo")
             instance_id, run_id = prepare_run(spec, text, db=db, options=options)
             execute(spec, db, settings, options, instance_id, run_id, show=True)
-        peek = ("select status, count(*) as orders, sum(amount) as amount from bronze.raw_demo_shop_orders"
+        where = Address(settings.tenant, spec.env, spec.name)  # bronze_dev.raw_demo_shop_orders ...
+        peek = ("select status, count(*) as orders, sum(amount) as amount from "
+                f"{where.schema('bronze')}.{where.bronze_table('orders')}"
                 f" where _ipai_run_id = '{run_id}' group by status order by 2 desc")
-        latest = ("select status, count(*) as orders, sum(amount) as amount from silver.demo_shop_orders"
+        latest = ("select status, count(*) as orders, sum(amount) as amount from "
+                  f"{where.schema('silver')}.{where.silver_table('orders')}"
                   " where not _ipai_deleted group by status order by 2 desc")
         for title, query in (("what the second sync brought: orders by status (ipai sql)", peek),
                              ("silver: every order once, as it is now (ipai sql)", latest)):

@@ -52,7 +52,7 @@ def tables(layer: LayerOpt = None, lakehouse: LakehouseOpt = None) -> None:
 
     settings = resolve_settings(lakehouse=lakehouse)
     with _reported():
-        refs = list_tables(settings.lakehouse_uri, layer=layer)
+        refs = list_tables(settings.lakehouse_uri, layer=layer, tenant=settings.tenant)
         stats = [table_stats(DeltaTable(ref.uri)) for ref in refs]
     if not refs:
         out.print(f"no Delta tables in {settings.lakehouse_uri}" + (f"/{layer}" if layer else "")
@@ -97,7 +97,7 @@ def optimize(
                             target_size=target_size_mb * 1024 * 1024 if target_size_mb else None,
                             zorder_by=tuple(zorder or ()))
     with _reported():
-        plans = plan_upkeep(find_tables(settings.lakehouse_uri, table, layer=layer), options)
+        plans = plan_upkeep(find_tables(settings.lakehouse_uri, table, layer=layer, tenant=settings.tenant), options)
         if not plans:
             out.print(f"no Delta tables in {settings.lakehouse_uri}" + (f"/{layer}" if layer else ""),
                       highlight=False, soft_wrap=True)
@@ -141,10 +141,21 @@ def export(
 
     settings = resolve_settings(lakehouse=lakehouse)
     with _reported():
-        [ref] = find_tables(settings.lakehouse_uri, table, layer=layer)
+        [ref] = find_tables(settings.lakehouse_uri, table, layer=layer, tenant=settings.tenant)
+        _outside_lakehouse(to, settings.lakehouse_uri)
         result = export_parquet(ref.uri, to, version=version, partition_by=partition_by)
     out.print(f"exported {ref.label} version {result.version}: {result.rows:,} rows in {result.files} Parquet "
               f"files ({_size(result.bytes)}) to {result.dest}", highlight=False, soft_wrap=True)
+
+
+def _outside_lakehouse(to: Path, lakehouse_uri: str) -> None:
+    """Refuse an export into the lakehouse, where it could replace a table (any instance's)."""
+    if "://" in lakehouse_uri and not lakehouse_uri.startswith("file://"):
+        return
+    root = Path(lakehouse_uri.removeprefix("file://")).expanduser().resolve()
+    if to.expanduser().resolve().is_relative_to(root):
+        raise ConfigError(f"--to {to} is inside the lakehouse ({root}), where the instances' tables live: "
+                          "export to a folder outside it")
 
 
 def _report_table(reports: list[TableReport], *, dry_run: bool) -> Table:

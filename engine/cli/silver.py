@@ -31,5 +31,9 @@ def silver_rebuild(
         if not yes and not typer.confirm(f"Drop silver table(s) {', '.join(found.tables)} of {inst['name']} "
                                          f"({inst['env']}) and rebuild them from bronze on the next run?"):
             raise typer.Exit(1)
-        for name, table in rebuild_silver(conn, found, control_plane_url=db.url, lakehouse_uri=settings.lakehouse_uri):
+        for name, table, views in rebuild_silver(conn, found, control_plane_url=db.url,
+                                                 lakehouse_uri=settings.lakehouse_uri):
             out.print(f"{name}: silver {table} dropped; the next run merges its bronze history again", highlight=False)
+            if views:
+                out.print(f"{name}: views over it dropped too: {', '.join(views)}; the next run with the gold layer "
+                          "(or `ipai gold apply`) makes them again", highlight=False)

@@ -125,8 +125,8 @@ def find_instance(conn: psycopg.Connection[Any], ref: str, *, env: str | None = 
     """Return the instance named or identified by `ref`; raise NotFound naming what exists."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "select i.*, d.type as source_type, d.version from connector_instances i"
-            " join connector_definitions d on d.id = i.definition_id"
+            "select i.*, d.type as source_type, d.version, t.name as tenant_name from connector_instances i"
+            " join connector_definitions d on d.id = i.definition_id join ipai_tenants t on t.id = i.tenant_id"
             " where (i.id::text = %s or i.name = %s) and (%s::text is null or i.env = %s)"
             " and i.tenant_id = ipai.current_tenant() order by i.env",
             (ref, ref, env, env),

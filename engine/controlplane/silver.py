@@ -15,12 +15,11 @@ from typing import Any
 
 import psycopg
 
-from engine.controlplane import records
+from engine.controlplane import locations, records
 from engine.controlplane.vault import value_as_admin
 from engine.core.errors import ConfigError
 from engine.core.spec import ConnectorSpec
-from layers.delta import table_uri
-from layers.refresh import silver_table
+from layers.addressing import Address
 from layers.silver.drop import drop_delta_table, drop_postgres_table
 
 
@@ -34,8 +33,12 @@ class SilverRebuild:
     streams: tuple[str, ...]
 
     @property
+    def address(self) -> Address:
+        return Address(self.instance["tenant_name"], self.instance["env"], self.instance["name"])
+
+    @property
     def tables(self) -> list[str]:
-        return [silver_table(self.spec.name, s) for s in self.streams]
+        return [self.address.silver_table(s) for s in self.streams]
 
 
 def find_silver_streams(conn: psycopg.Connection[Any], instance: str, *, env: str | None = None,
@@ -54,19 +57,37 @@ def find_silver_streams(conn: psycopg.Connection[Any], instance: str, *, env: st
 
 
 def rebuild_silver(conn: psycopg.Connection[Any], found: SilverRebuild, *, control_plane_url: str,
-                   lakehouse_uri: str) -> Iterator[tuple[str, str]]:
+                   lakehouse_uri: str) -> Iterator[tuple[str, str, list[str]]]:
     """Drop each chosen stream's silver table (Delta and Postgres) and mark its extractions unmerged, one stream
-    at a time; yield (stream, table) as each is done."""
+    at a time; yield (stream, table, views dropped with it) as each is done.
+
+    Raises ConfigError, before dropping anything, when another instance owns one of the tables (a spec's
+    `silver_schema` or `lakehouse.uri` aimed at it)."""
     dest = found.spec.destinations
     pg_url = None
     if dest.postgres.enabled:
         pg_url = value_as_admin(conn, str(found.instance["tenant_id"]), dest.postgres.url or control_plane_url,
                                 field="destinations.postgres.url")
+    lakehouse = dest.lakehouse.uri or lakehouse_uri
+    schema = dest.postgres.silver_schema or found.address.schema("silver")
+    places = []
     for name, table in zip(found.streams, found.tables):
         if dest.lakehouse.enabled:
-            drop_delta_table(table_uri(dest.lakehouse.uri or lakehouse_uri, "silver", table))
+            places.append(locations.delta_location(found.address.delta_uri(lakehouse, "silver", table), layer="silver",
+                                                   stream=name, setting="destinations.lakehouse.uri"))
         if pg_url:
-            drop_postgres_table(pg_url, dest.postgres.silver_schema, table)
+            places.append(locations.postgres_location(locations.server_identity(pg_url), schema, table,
+                                                      layer="silver", stream=name,
+                                                      setting="destinations.postgres.silver_schema"))
+    inst = found.instance
+    locations.claim(conn, str(inst["id"]), str(inst["source_type"]), places,
+                    who=f"instance {inst['name']} (tenant {inst['tenant_name']}, env {inst['env']})")
+    for name, table in zip(found.streams, found.tables):
+        views: list[str] = []
+        if dest.lakehouse.enabled:
+            drop_delta_table(found.address.delta_uri(lakehouse, "silver", table))
+        if pg_url:
+            views = drop_postgres_table(pg_url, schema, table)
         conn.execute("update connector_extractions set silver_merged_at = null where instance_id = %s"
-                     " and stream = %s", (found.instance["id"], name))
-        yield name, table
+                     " and stream = %s", (inst["id"], name))
+        yield name, table, views

@@ -6,7 +6,8 @@ them are drawn here too, with their module in brackets.
     IpaiError                  base; the CLI prints its message, never a traceback
     ├── SpecError              a spec file is invalid (each issue has file, line, column, path)
     ├── ConfigError            settings or environment are wrong (database URL, lakehouse URI ...)
-    │   └── EgressRefused      a URL the egress policy does not allow [connectors/httpkit/egress.py]
+    │   └── EgressRefused      a URL, database host or SQLite file the egress policy does not allow
+    │                          [engine/core/egress.py]
     ├── DatabaseUnreachable    the control-plane or destination database cannot be reached
     ├── RunConflict            an instance already has an active run
     ├── LeaseLost              a run was closed by someone else after its heartbeat lapsed

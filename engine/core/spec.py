@@ -17,6 +17,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
+ENV_PATTERN = r"^[a-z][a-z0-9]{0,15}$"
 CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
                "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
 SyncMode = Literal["full", "incremental", "cdc"]
@@ -128,7 +129,7 @@ class StreamSpec(SpecModel):
 
 
 class LakehouseDestination(SpecModel):
-    """The Delta lakehouse: bronze tables land under `<uri>/bronze/raw_<name>_<stream>`."""
+    """The Delta lakehouse: tables land under `<uri>/<schema>/<table>`, e.g. `<uri>/bronze_dev/raw_<name>_<stream>`."""
 
     enabled: bool = True
     uri: str | None = None
@@ -136,13 +137,16 @@ class LakehouseDestination(SpecModel):
 
 
 class PostgresDestination(SpecModel):
-    """Postgres or Supabase: bronze tables land in schema `bronze` through ADBC bulk loads."""
+    """Postgres or Supabase: bronze tables land in the instance's bronze schema through ADBC bulk loads."""
 
     enabled: bool = True
     url: str | SecretRef | None = None
     """Connection URL; defaults to the control-plane database (`IPAI_DATABASE_URL` or the embedded one)."""
-    bronze_schema: str = Field(default="bronze", pattern=NAME_PATTERN)
-    silver_schema: str = Field(default="silver", pattern=NAME_PATTERN)
+    bronze_schema: str | None = Field(default=None, pattern=NAME_PATTERN)
+    """The schema of the bronze tables, instead of the instance's own (`bronze`, `bronze_<env>`, ...:
+    see the README's "Where data lands"). A schema another instance's tables are in is refused."""
+    silver_schema: str | None = Field(default=None, pattern=NAME_PATTERN)
+    """The schema of the silver tables, instead of the instance's own (`silver`, `silver_<env>`, ...)."""
 
     @field_validator("url")
     @classmethod
@@ -222,8 +226,9 @@ class ConnectorSpec(SpecModel):
     source_type: str
     """Which connector reads the source (`ipai spec validate` lists the known ones)."""
     description: str = ""
-    env: str = Field(default="dev", pattern=NAME_PATTERN)
-    """Environment of the instance (dev, staging, prod ...); one instance per (name, env)."""
+    env: str = Field(default="dev", pattern=ENV_PATTERN)
+    """Environment of the instance (dev, staging, prod ...); one instance per (tenant, name, env). Lower case
+    letters and digits (no `_`: the env ends the name of the instance's schemas, `bronze_dev`)."""
     auth: Auth = NoAuth()
     sync_mode: SyncMode = "incremental"
     """`full` re-reads everything each run; `incremental` reads what changed since the stored cursor;
@@ -252,6 +257,14 @@ class ConnectorSpec(SpecModel):
             raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
         if re.search(r"[#?]", expr) or re.search(r"(^|[\s,/-])([0-9]*l|[0-9]+w|lw)($|[\s,/-])", expr.lower()):
             raise ValueError(f"{value!r}: L, W, # and ? are not supported; use plain fields, ranges, steps and lists")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_is_not_a_layer(cls, value: str) -> str:
+        if value in ("bronze", "silver", "gold"):
+            raise ValueError(f"env {value!r} is a layer's name, which would make schema names ambiguous "
+                             "(`bronze_silver`); choose another env name")
         return value
 
     @field_validator("streams")

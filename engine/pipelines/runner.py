@@ -125,7 +125,7 @@ def execute_pipeline(db: Database, settings: Settings, pipeline: Pipeline, pipel
     workers = (LocalWorkers(settings, db.url, log_dir=_log_dir(settings, pipeline_run_id), max_workers=max_workers)
                if local_workers else None)
     with db.connect() as conn:
-        _Execution(db, conn, pipeline, pipeline_run_id, workers, on_event).run()
+        _Execution(db, conn, pipeline, pipeline_run_id, workers, on_event, settings.tenant).run()
         return pipeline_status(conn, pipeline_run_id)
 
 
@@ -137,6 +137,7 @@ class _Execution:
     id: str
     workers: LocalWorkers | None
     on_event: OnEvent | None
+    tenant: str
     states: dict[str, StepState] = field(default_factory=dict)
     failed_step: str | None = None
     last_write: float = 0.0
@@ -219,19 +220,25 @@ class _Execution:
         self._set(state, "queued")
 
     def _gold(self, step: Step, state: StepState) -> None:
-        from layers.gold.apply import DEFAULT_DIRECTORY, apply_gold
+        from engine.controlplane.gold import apply_everywhere
+        from layers.gold.apply import DEFAULT_DIRECTORY
 
         state.started_at = _now()
         self._set(state, "running")
         try:
-            with self.db.connect() as conn:  # its own session: apply_gold switches roles inside its transactions
-                result = apply_gold(conn, step.path or DEFAULT_DIRECTORY)
+            # its own session: apply_gold switches roles inside its transactions
+            with self.db.connect() as conn, self.db.connect() as apply_conn:
+                results = [r for _, r in apply_everywhere(conn, apply_conn, self.db.url,
+                                                          step.path or DEFAULT_DIRECTORY,
+                                                          tenant=self.tenant)]
         except (IpaiError, psycopg.Error) as exc:
             self._end(state, "failed", error=_reason(exc))
             return
-        state.detail = f"{len(result.applied)} views applied, {len(result.skipped)} skipped"
-        if result.failed:
-            self._end(state, "failed", error="; ".join(str(f) for f in result.failed))
+        state.detail = (f"{sum(len(r.applied) for r in results)} views applied, "
+                        f"{sum(len(r.skipped) for r in results)} skipped")
+        failed = [f for r in results for f in r.failed]
+        if failed:
+            self._end(state, "failed", error="; ".join(str(f) for f in failed))
         else:
             self._end(state, "succeeded")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -18,6 +19,8 @@ from engine.core.faults import FaultPlan
 from engine.core.secrets import Redactor
 from engine.core.spec import ConnectorSpec
 from engine.run.raytime import ensure_ray
+from engine.run.sources import source_options
+from layers.addressing import Address
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class RunContext:
     instance_id: str
     run_id: str
     store: VaultSecretStore
+    address: Address
+    """Where the instance's tables live (tenant, env, name)."""
     secrets: dict[str, str] = field(default_factory=dict)
     redact: Redactor = field(default_factory=lambda: Redactor(()))
     timings: dict[str, float] = field(default_factory=dict)
@@ -51,6 +56,12 @@ class RunContext:
     def log(self, level: str, event: str, message: str, **fields: Any) -> None:
         """Record one structured log line on the run."""
         records.log(self.conn, self.run_id, level, event, message, **fields)
+
+    @cached_property
+    def source_options(self) -> dict[str, Any]:
+        """What the run lets sources reach (`egress`, `control_plane`), read once and added to the options of
+        every plan and read task (engine/run/sources.py)."""
+        return source_options(self.settings, self.db)
 
     def connect_ray(self) -> None:
         """Join (or start) Ray once per run, timing it."""

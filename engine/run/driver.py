@@ -35,6 +35,7 @@ from engine.run.progress import Progress, RunProgress
 from engine.run.raytime import describe
 from engine.run.readwrite import ReadWriteLoop
 from engine.run.refresh import SilverMerges, refresh_gold
+from layers.addressing import Address
 
 __all__ = ["Progress", "RunOptions", "RunResult", "TableLocation", "execute_run", "prepare_run", "run_sync"]
 
@@ -92,11 +93,13 @@ def execute_run(
     """Execute a run prepared by `prepare_run` (possibly in another process)."""
     conn = db.connect()
     try:
-        tenant = conn.execute("select tenant_id from connector_runs where id = %s", (run_id,)).fetchone()
+        tenant = conn.execute("select r.tenant_id, t.name from connector_runs r join ipai_tenants t"
+                              " on t.id = r.tenant_id where r.id = %s", (run_id,)).fetchone()
         store = VaultSecretStore(db.url, run_id, str(tenant[0]) if tenant else "",
                                  key=db.session.get("ipai.vault_key") or vault_key(settings.home))
+        address = Address(tenant[1] if tenant else settings.tenant, spec.env, spec.name)
         ctx = RunContext(spec=spec, options=options, settings=settings, db=db, conn=conn, instance_id=instance_id,
-                         run_id=run_id, store=store)
+                         run_id=run_id, store=store, address=address)
         return _Run(ctx, on_progress).execute()
     finally:
         conn.close()

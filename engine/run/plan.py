@@ -13,15 +13,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from connectors import connector_for
-from engine.controlplane import state
+from engine.controlplane import locations, state
+from engine.core.egress import check_host
 from engine.core.errors import ConfigError
 from engine.core.protocol import Partition, PlanContext, Stream
 from engine.core.spec import SecretRef, selected_streams
+from engine.core.sql import describe_error
 from engine.run.context import RunContext
 from engine.run.progress import RunProgress
+from engine.run.upgrade import move_legacy_tables
 from layers.bronze.writer import BronzeTarget
-from layers.delta import table_uri
 from layers.refresh import SilverTarget, silver_target
 
 
@@ -57,6 +62,9 @@ def plan_streams(ctx: RunContext, progress: RunProgress) -> Iterator[StreamRun]:
         names = selected_streams(spec, list(offered))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    targets = {name: _bronze_target(ctx, name) for name in names}
+    move_legacy_tables(ctx, targets)
+    claim_tables(ctx, targets)
     if options.full_refresh:
         state.abandon_open_extractions(ctx.conn, ctx.instance_id, names)
     for name in names:
@@ -64,7 +72,7 @@ def plan_streams(ctx: RunContext, progress: RunProgress) -> Iterator[StreamRun]:
         extraction = _extraction(ctx, stream)
         done = state.committed_keys(ctx.conn, extraction.id)
         todo = [p for p in extraction.partitions if extraction.commit_id(p) not in done]
-        target = _bronze_target(ctx, name)
+        target = targets[name]
         run = StreamRun(stream, extraction, writer=None, target=target, remaining=len(todo),
                         queued=deque(todo), silver=_silver_target(ctx, stream, target),
                         notes={} if options.full_refresh else state.get_notes(ctx.conn, ctx.instance_id, name))
@@ -76,6 +84,50 @@ def plan_streams(ctx: RunContext, progress: RunProgress) -> Iterator[StreamRun]:
                 to_read=len(todo), resumed=extraction.resumed, sync_mode=extraction.sync_mode,
                 cursor_from=extraction.cursor_from, cursor_to=extraction.cursor_to)
         yield run
+
+
+def claim_tables(ctx: RunContext, targets: dict[str, BronzeTarget]) -> None:
+    """Claim every table the run may write (bronze, quarantine and, with silver, silver; Delta and Postgres)
+    for the instance before anything is written; raise ConfigError when another instance owns one."""
+    spec, address = ctx.spec, ctx.address
+    pg = spec.destinations.postgres
+    bronze_setting = "destinations.postgres.bronze_schema" if pg.bronze_schema else "name"
+    silver_setting = "destinations.postgres.silver_schema" if pg.silver_schema else "name"
+    lake_setting = "destinations.lakehouse.uri" if spec.destinations.lakehouse.uri else "name"
+    lakehouse = spec.destinations.lakehouse.uri or ctx.settings.lakehouse_uri
+    silver = "silver" in spec.layers
+    found: list[locations.Location] = []
+    servers: dict[str, str] = {}
+    for name, t in targets.items():
+        if t.delta_uri:
+            found.append(locations.delta_location(t.delta_uri, layer="bronze", stream=name, setting=lake_setting))
+            found.append(locations.delta_location(t.quarantine_delta_uri or "", layer="quarantine", stream=name,
+                                                  setting=lake_setting))
+            if silver:
+                uri = address.delta_uri(lakehouse, "silver", address.silver_table(name))
+                found.append(locations.delta_location(uri, layer="silver", stream=name, setting=lake_setting))
+        if t.postgres_url:
+            if t.postgres_url not in servers:
+                servers[t.postgres_url] = _server(ctx, t.postgres_url)
+            server = servers[t.postgres_url]
+            found.append(locations.postgres_location(server, t.postgres_schema, t.table, layer="bronze",
+                                                     stream=name, setting=bronze_setting))
+            found.append(locations.postgres_location(server, t.postgres_schema, t.quarantine_table,
+                                                     layer="quarantine", stream=name, setting=bronze_setting))
+            if silver:
+                found.append(locations.postgres_location(server, pg.silver_schema or address.schema("silver"),
+                                                         address.silver_table(name), layer="silver", stream=name,
+                                                         setting=silver_setting))
+    who = f"instance {spec.name} (tenant {address.tenant}, env {address.env})"
+    locations.claim(ctx.conn, ctx.instance_id, spec.source_type, found, who=who)
+
+
+def _server(ctx: RunContext, url: str) -> str:
+    try:
+        return locations.server_identity(url)
+    except psycopg.Error as exc:
+        raise ConfigError(f"the Postgres destination cannot be reached: {ctx.redact(describe_error(exc))}; "
+                          "check destinations.postgres.url (or IPAI_DATABASE_URL)") from None
 
 
 def _extraction(ctx: RunContext, stream: Stream) -> state.Extraction:
@@ -98,7 +150,7 @@ def _extraction(ctx: RunContext, stream: Stream) -> state.Extraction:
     if mode in ("incremental", "cdc") and not full_refresh:
         cursor = state.get_cursor(ctx.conn, ctx.instance_id, name)
     plan = stream.plan(PlanContext(sync_mode=mode, cursor=cursor, run_started_at=datetime.now(timezone.utc),
-                                   secrets=ctx.secrets, options={"secret_store": ctx.store},
+                                   secrets=ctx.secrets, options={"secret_store": ctx.store, **ctx.source_options},
                                    instance_id=ctx.instance_id))
     extraction = state.create_extraction(ctx.conn, ctx.instance_id, name, run_id=ctx.run_id, sync_mode=mode,
                                          cursor_from=cursor, plan=plan)
@@ -108,16 +160,38 @@ def _extraction(ctx: RunContext, stream: Stream) -> state.Extraction:
 
 
 def _bronze_target(ctx: RunContext, stream: str) -> BronzeTarget:
-    table = f"raw_{ctx.spec.name}_{stream}"
-    dest = ctx.spec.destinations
+    address, dest = ctx.address, ctx.spec.destinations
+    table = address.bronze_table(stream)
     delta_uri = None
     if dest.lakehouse.enabled:
-        delta_uri = table_uri(dest.lakehouse.uri or ctx.settings.lakehouse_uri, "bronze", table)
+        delta_uri = address.delta_uri(dest.lakehouse.uri or ctx.settings.lakehouse_uri, "bronze", table)
     pg_url = None
     if dest.postgres.enabled:
         url = dest.postgres.url
         pg_url = ctx.secrets[url.secret] if isinstance(url, SecretRef) else url or ctx.db.url
-    return BronzeTarget(table, delta_uri, pg_url, dest.postgres.bronze_schema)
+        if url is not None:
+            _check_destination(ctx, pg_url)
+    return BronzeTarget(table, delta_uri, pg_url, dest.postgres.bronze_schema or address.schema("bronze"),
+                        quarantine=address.quarantine_table(stream))
+
+
+def _check_destination(ctx: RunContext, url: str) -> None:
+    """A Postgres destination on another server than the control plane's is reached only where the egress
+    policy allows (IPAI_EGRESS_ALLOW), checked before connecting."""
+    where, home = _server_address(url), _server_address(ctx.db.url)
+    if where is None or where == home:
+        return
+    for host in where[0].split(","):
+        check_host(host, ctx.source_options["egress"], port=where[1], what="destinations.postgres.url host")
+
+
+def _server_address(url: str) -> tuple[str, int | None] | None:
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return None
+    port = str(params.get("port") or "5432").split(",")[0]
+    return str(params.get("host") or "localhost"), int(port) if port.isdigit() else None
 
 
 def _silver_target(ctx: RunContext, stream: Stream, bronze: BronzeTarget) -> SilverTarget | None:
@@ -128,5 +202,5 @@ def _silver_target(ctx: RunContext, stream: Stream, bronze: BronzeTarget) -> Sil
         ctx.log("warning", "silver.skipped", f"{stream.name}: the stream has no primary key, so it has no "
                 "silver table (bronze keeps every row)", stream=stream.name)
         return None
-    return silver_target(ctx.spec, stream.name, key=key, cursor=stream.cursor_field, bronze=bronze,
-                         lakehouse_uri=ctx.settings.lakehouse_uri)
+    return silver_target(ctx.spec, stream.name, address=ctx.address, key=key, cursor=stream.cursor_field,
+                         bronze=bronze, lakehouse_uri=ctx.settings.lakehouse_uri)

@@ -101,8 +101,11 @@ def job_env(settings: Settings) -> dict[str, str]:
            # Ray stops a job with SIGTERM and kills it 3 s later; SIGINT is the driver's Ctrl-C, which drains
            # the writes under way (up to 30 s) and records the run as cancelled.
            "RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "60"}
-    if os.environ.get("IPAI_DEV_MODE"):
-        env["IPAI_DEV_MODE"] = os.environ["IPAI_DEV_MODE"]
+    # The operator's egress policy (engine/core/egress.py) goes with the run: the job's driver captures it for
+    # every read task.
+    for name in ("IPAI_DEV_MODE", "IPAI_EGRESS_ALLOW", "IPAI_SQLITE_ROOTS", "IPAI_SOURCES_IN_CONTROL_PLANE"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     return env
 
 

@@ -108,7 +108,7 @@ class ReadWriteLoop:
     def _submit_read(self, run: StreamRun, partition: Partition) -> None:
         ctx, ext = self.ctx, run.extraction
         read_ctx = ReadContext(run_id=ctx.run_id, instance_id=ctx.instance_id, secrets=ctx.secrets,
-                               options={"secret_store": ctx.store, "notes": run.notes})
+                               options={"secret_store": ctx.store, "notes": run.notes, **ctx.source_options})
         refs: Any = read_partition.options(
             num_cpus=_task_cpus(run.stream),
             name=f"read {ctx.spec.name}.{run.stream.name} {partition.label}",

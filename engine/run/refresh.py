@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import ray
 
-from engine.controlplane import state
+from engine.controlplane import gold, state
 from engine.core.errors import IpaiError, RunFailed
 from engine.run.context import RunContext
 from engine.run.plan import StreamRun
@@ -77,8 +77,9 @@ class SilverMerges:
                 missing_deleted=result.missing_deleted, changes=result.changes, seconds=result.seconds)
         if result.quarantined:
             reasons = "; ".join(f"{n} x {r}" for r, n in result.reasons.items())
-            ctx.log("warning", "silver.quarantined", f"{name}: {result.quarantined} rows set aside in bronze "
-                    f"quarantine_{table}: {reasons}", stream=name, quarantined=result.quarantined,
+            quarantine = run.silver.quarantine_table if run.silver else f"quarantine_{table}"
+            ctx.log("warning", "silver.quarantined", f"{name}: {result.quarantined} rows set aside in "
+                    f"{run.target.postgres_schema}.{quarantine}: {reasons}", stream=name, quarantined=result.quarantined,
                     reasons=result.reasons)
 
 
@@ -91,11 +92,12 @@ def refresh_gold(ctx: RunContext, streams: Iterable[StreamRun]) -> None:
     if url is None:
         return
     try:
-        result = refresh_gold_views(url)
+        scope = gold.scope_for(ctx.conn, url, tenant=ctx.address.tenant, env=ctx.address.env)
+        result = refresh_gold_views(url, scope)
     except (IpaiError, psycopg.Error) as exc:
         ctx.log("warning", "gold.failed", f"gold views not applied: {ctx.redact(str(exc))}")
         return
-    ctx.log("info", "gold.applied", f"{len(result.applied)} gold views current"
+    ctx.log("info", "gold.applied", f"{len(result.applied)} gold views current in {scope.gold_schema}"
             + (f"; {len(result.skipped)} wait for their silver tables" if result.skipped else ""),
             applied=list(result.applied), skipped=[str(s) for s in result.skipped])
     for failure in result.failed:

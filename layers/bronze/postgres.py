@@ -15,7 +15,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
 from engine.core.sql import quote_ident
-from layers.postgres import ARROW_OF, LEDGER, column_types, ingest, load_as_layer_owner
+from layers.postgres import ARROW_OF, LEDGER, column_types, create_layer_schema, ingest, load_as_layer_owner
 
 
 class PostgresBronzeTable:
@@ -38,9 +38,7 @@ class PostgresBronzeTable:
                 # Concurrent `create ... if not exists` can still collide in the catalog (unique
                 # violation): writers of different tables set up the schema one at a time.
                 cur.execute("select pg_advisory_xact_lock(hashtext('ipai bronze setup'))")
-                cur.execute("select to_regnamespace($1) is null", (quote_ident(self.schema),))
-                if cur.fetchone()[0]:
-                    cur.execute(f"create schema {quote_ident(self.schema)}")
+                create_layer_schema(cur, self.schema)
                 load_as_layer_owner(cur, self.schema)
                 cur.execute(
                     f"create table if not exists {quote_ident(self.schema)}.{LEDGER} ("

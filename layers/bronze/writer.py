@@ -14,8 +14,8 @@ import pyarrow as pa
 
 from engine.core.errors import IpaiError
 from engine.core.faults import FaultPlan, crash_point
-from layers.bronze.drift import Conformed, conform_batch
 from layers.bronze.delta import DeltaBronzeTable
+from layers.bronze.drift import Conformed, conform_batch
 from layers.bronze.postgres import PostgresBronzeTable
 
 QUARANTINE_MARKER = ":quarantine"
@@ -30,11 +30,13 @@ class BronzeTarget:
     delta_uri: str | None
     postgres_url: str | None
     postgres_schema: str = "bronze"
+    quarantine: str = ""
+    """The quarantine table beside it (default: `quarantine_<name>` for `raw_<name>`)."""
 
     @property
     def quarantine_table(self) -> str:
-        """`quarantine_<name>` for `raw_<name>`: where rows bronze cannot take are kept (silver's too)."""
-        return f"quarantine_{self.table.removeprefix('raw_')}"
+        """Where rows bronze cannot take are kept (silver's too)."""
+        return self.quarantine or f"quarantine_{self.table.removeprefix('raw_')}"
 
     @property
     def quarantine_delta_uri(self) -> str | None:

@@ -30,16 +30,18 @@ from psycopg import errors, sql
 
 from engine.core.errors import ConfigError
 from layers.gold.definitions import (
-    DEFAULT_DIRECTORY, GOLD_SCHEMA, SILVER_SCHEMA, GoldFailure, GoldView, ViewFailed, dependency_order, load_gold,
+    DEFAULT_DIRECTORY, GOLD_SCHEMA, GoldFailure, GoldView, ViewFailed, dependency_order, load_gold,
 )
+from layers.gold.scope import GoldScope, Rewritten, Skip, rewrite
 
-__all__ = ["ANALYST", "DEFAULT_DIRECTORY", "GOLD_OWNER", "GoldFailure", "GoldListing", "GoldResult", "GoldSkip",
-           "GoldView", "apply_gold", "list_gold", "load_gold"]
+__all__ = ["ANALYST", "DEFAULT_DIRECTORY", "GOLD_OWNER", "GoldFailure", "GoldListing", "GoldResult", "GoldScope",
+           "GoldSkip", "GoldView", "apply_gold", "list_gold", "load_gold"]
 
 GOLD_OWNER = "ipai_gold"
 """Owns every gold view: reads silver and gold only (see the module docstring)."""
 ANALYST = "analyst"
-"""Reads gold and nothing else; Superset connects as this role."""
+"""Reads the default tenant's gold and nothing else; Superset connects as this role (another tenant's analysts
+connect as `analyst_<tenant>`: `GoldScope.analyst`)."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,10 @@ class GoldSkip:
 
     view: str
     reason: str
+    schema: str = GOLD_SCHEMA
 
     def __str__(self) -> str:
-        return f"gold.{self.view}: {self.reason}"
+        return f"{self.schema}.{self.view}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ class GoldResult:
 # -- applying ---------------------------------------------------------------------------------------------
 
 
-def apply_gold(conn: psycopg.Connection[Any], directory: Path = DEFAULT_DIRECTORY) -> GoldResult:
-    """Create or replace every view of `directory` in schema gold; report, never raise, per view.
+def apply_gold(conn: psycopg.Connection[Any], directory: Path = DEFAULT_DIRECTORY,
+               scope: GoldScope = GoldScope()) -> GoldResult:  # noqa: B008 - frozen: one shared default is fine
+    """Create or replace every view of `directory` in the scope's gold schema; report, never raise, per view.
 
     `conn` must be in autocommit mode (`Database.connect()`): each view commits in its own transaction.
     Raises ConfigError only when the database lacks what every view needs (run `ipai db migrate`).
@@ -80,19 +84,21 @@ def apply_gold(conn: psycopg.Connection[Any], directory: Path = DEFAULT_DIRECTOR
         raise ValueError("apply_gold needs an autocommit connection: each view commits on its own")
     views, failed = load_gold(directory)
     _check_prerequisites(conn)
-    warnings = _grant_silver(conn)
+    warnings = _prepare_schema(conn, scope) + _grant_silver(conn, scope)
     ordered, cycles = dependency_order(views)
     failed += cycles
     applied: list[str] = []
     skipped: list[GoldSkip] = []
     for view in ordered:
-        reason = _missing_input(conn, view, {s.view for s in skipped})
+        reason = _missing_input(conn, view, scope, {s.view for s in skipped})
         if reason:
-            skipped.append(GoldSkip(view.name, reason))
+            skipped.append(GoldSkip(view.name, reason, scope.gold_schema))
             continue
         try:
             with conn.transaction():
-                _apply_view(conn, view, managed={v.name for v in views})
+                _apply_view(conn, view, scope, managed={v.name for v in views})
+        except Skip as exc:
+            skipped.append(GoldSkip(view.name, str(exc), scope.gold_schema))
         except ViewFailed as exc:
             failed.append(exc.failure)
         except psycopg.Error as exc:  # commenting or granting failed: still this view's problem alone
@@ -114,46 +120,76 @@ def _check_prerequisites(conn: psycopg.Connection[Any]) -> None:
                           f"`grant {GOLD_OWNER} to <your role>`")
 
 
-def _grant_silver(conn: psycopg.Connection[Any]) -> list[str]:
-    """Let the views' owner read silver (tables created since the last apply included)."""
-    if conn.execute("select to_regnamespace(%s)", (SILVER_SCHEMA,)).fetchone() == (None,):
-        return [f"there is no schema {SILVER_SCHEMA} yet: views reading it are skipped"]
+def _prepare_schema(conn: psycopg.Connection[Any], scope: GoldScope) -> list[str]:
+    """Make the scope's gold schema (owned by the views' owner) and its tenant's analyst role where missing."""
+    schema, analyst = sql.Identifier(scope.gold_schema), sql.Identifier(scope.analyst)
+    warnings = []
     try:
         with conn.transaction():
-            conn.execute(sql.SQL("grant usage on schema {s} to {r}; grant select on all tables in schema {s} to {r}")
-                         .format(s=sql.Identifier(SILVER_SCHEMA), r=sql.Identifier(GOLD_OWNER)))
+            if conn.execute("select exists (select from pg_roles where rolname = %s)",
+                            (scope.analyst,)).fetchone() == (False,):
+                conn.execute(sql.SQL("create role {} login noinherit").format(analyst))
     except psycopg.Error as exc:
-        return [f"could not let {GOLD_OWNER} read schema {SILVER_SCHEMA} ({_message(exc)}); views reading tables "
-                f"it cannot read will fail: apply as the owner of silver or a superuser"]
-    return []
+        warnings.append(f"could not create role {scope.analyst}, who reads the gold of tenant {scope.tenant} "
+                        f"({_message(exc)}): an admin creates it with `create role {scope.analyst} login`")
+    try:
+        with conn.transaction():
+            if conn.execute("select to_regnamespace(%s)", (scope.gold_schema,)).fetchone() == (None,):
+                conn.execute(sql.SQL("create schema {} authorization {}").format(schema, sql.Identifier(GOLD_OWNER)))
+                conn.execute(sql.SQL("revoke all on schema {} from public").format(schema))
+            if conn.execute("select exists (select from pg_roles where rolname = %s)",
+                            (scope.analyst,)).fetchone() == (True,):
+                conn.execute(sql.SQL("grant usage on schema {} to {}").format(schema, analyst))
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot make schema {scope.gold_schema} for the gold views of {scope.label()}: "
+                          f"{_message(exc)}; apply as the role that ran the migrations") from None
+    return warnings
 
 
-def _missing_input(conn: psycopg.Connection[Any], view: GoldView, skipped: set[str]) -> str | None:
+def _grant_silver(conn: psycopg.Connection[Any], scope: GoldScope) -> list[str]:
+    """Let the views' owner read the scope's silver schemas (tables created since the last apply included)."""
+    warnings = []
+    for name in scope.silver_schemas:
+        if conn.execute("select to_regnamespace(%s)", (name,)).fetchone() == (None,):
+            continue
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("grant usage on schema {s} to {r}; grant select on all tables in schema {s}"
+                                     " to {r}").format(s=sql.Identifier(name), r=sql.Identifier(GOLD_OWNER)))
+        except psycopg.Error as exc:
+            warnings.append(f"could not let {GOLD_OWNER} read schema {name} ({_message(exc)}); views reading "
+                            "tables it cannot read will fail: apply as the owner of silver or a superuser")
+    return warnings
+
+
+def _missing_input(conn: psycopg.Connection[Any], view: GoldView, scope: GoldScope, skipped: set[str]) -> str | None:
     for schema, name in sorted(view.reads):
         if schema == GOLD_SCHEMA and name in skipped:
             return f"reads gold.{name}, which was skipped"
-        if schema == SILVER_SCHEMA and conn.execute(
-                "select to_regclass(%s)", (sql.Identifier(schema, name).as_string(conn),)).fetchone() == (None,):
-            return (f"reads {schema}.{name}, which does not exist yet: sync its stream (bronze raw_{name}) "
-                    "and build silver, then apply again")
+        if schema != GOLD_SCHEMA and view.doc.source_type is None and conn.execute(
+                "select to_regclass(%s)", (sql.Identifier(scope.silver_schema, name).as_string(conn),)
+        ).fetchone() == (None,):
+            return (f"reads {scope.silver_schema}.{name}, which does not exist yet: sync its stream and build "
+                    "silver, then apply again")
     return None
 
 
-def _apply_view(conn: psycopg.Connection[Any], view: GoldView, *, managed: set[str]) -> None:
-    """Create or replace one view inside the caller's transaction; raise ViewFailed to roll it back."""
-    target = sql.Identifier(GOLD_SCHEMA, view.name)
+def _apply_view(conn: psycopg.Connection[Any], view: GoldView, scope: GoldScope, *, managed: set[str]) -> None:
+    """Create or replace one view inside the caller's transaction; raise ViewFailed to roll it back, Skip to
+    leave it alone."""
+    target = sql.Identifier(scope.gold_schema, view.name)
     conn.execute(sql.SQL("set local role {}").format(sql.Identifier(GOLD_OWNER)))
     try:
         with conn.transaction():
-            _create(conn, view, replace=True)
+            _create(conn, view, scope, replace=True)
     except errors.InvalidTableDefinition:  # columns renamed, retyped or removed: replace cannot do that
-        _drop(conn, view, managed)
-        _create(conn, view, replace=False)
-    _check_columns(conn, view)
+        _drop(conn, view, scope, managed)
+        _create(conn, view, scope, replace=False)
+    _check_columns(conn, view, scope)
     conn.execute(sql.SQL("comment on view {} is {}").format(target, sql.Literal(view.doc.description)))
     for col in view.doc.columns:
         conn.execute(sql.SQL("comment on column {} is {}").format(
-            sql.Identifier(GOLD_SCHEMA, view.name, col.name), sql.Literal(col.description)))
+            sql.Identifier(scope.gold_schema, view.name, col.name), sql.Literal(col.description)))
     try:  # as the owner: a view reading what the owner may not (the control plane) fails here, not for analysts
         conn.execute(sql.SQL("select * from {} limit 0").format(target))
     except psycopg.Error as exc:
@@ -161,44 +197,46 @@ def _apply_view(conn: psycopg.Connection[Any], view: GoldView, *, managed: set[s
                 "role may grant it: apply as the owner of silver) and gold: a gold view reads nothing else"
                 if isinstance(exc, errors.InsufficientPrivilege) else "")
         raise ViewFailed(GoldFailure(view.name, view.sql_path, _message(exc) + hint)) from None
-    conn.execute(sql.SQL("grant select on {} to {}").format(target, sql.Identifier(ANALYST)))
+    if conn.execute("select exists (select from pg_roles where rolname = %s)", (scope.analyst,)).fetchone() == (True,):
+        conn.execute(sql.SQL("grant select on {} to {}").format(target, sql.Identifier(scope.analyst)))
 
 
-def _create(conn: psycopg.Connection[Any], view: GoldView, *, replace: bool) -> None:
+def _create(conn: psycopg.Connection[Any], view: GoldView, scope: GoldScope, *, replace: bool) -> None:
     """Run CREATE [OR REPLACE] VIEW; with `replace`, let InvalidTableDefinition through (changed columns)."""
-    prefix = f"create {'or replace ' * replace}view {GOLD_SCHEMA}.{view.name} as\n"  # the name matched VIEW_NAME
+    target = sql.Identifier(scope.gold_schema, view.name).as_string(conn)
+    statement = rewrite(conn, view, scope, f"create {'or replace ' * replace}view {target} as\n")
     try:
         # binary=True sends it with the extended protocol, which refuses a second statement in the file.
-        conn.execute(prefix + view.query, binary=True)
+        conn.execute(statement.statement, binary=True)
     except errors.InvalidTableDefinition as exc:
         if replace:
             raise
-        raise ViewFailed(_located(view, prefix, exc)) from None
+        raise ViewFailed(_located(view, statement, exc)) from None
     except psycopg.Error as exc:
-        failure = _located(view, prefix, exc)
+        failure = _located(view, statement, exc)
         if "multiple commands" in failure.message:
             failure = GoldFailure(view.name, view.sql_path, "more than one statement: a gold view's SQL file holds "
                                                             "one SELECT (no CREATE VIEW, nothing after it)")
         raise ViewFailed(failure) from None
 
 
-def _drop(conn: psycopg.Connection[Any], view: GoldView, managed: set[str]) -> None:
+def _drop(conn: psycopg.Connection[Any], view: GoldView, scope: GoldScope, managed: set[str]) -> None:
     """Drop the old version, with the gold views built on it when all are defined here (recreated later)."""
     dependents = {r[0] for r in conn.execute(
         "select distinct d.relname from pg_depend x join pg_rewrite w on w.oid = x.objid"
         " join pg_class d on d.oid = w.ev_class where x.refobjid = to_regclass(%s) and d.oid <> x.refobjid",
-        (f"{GOLD_SCHEMA}.{view.name}",))}
+        (sql.Identifier(scope.gold_schema, view.name).as_string(conn),))}
     foreign = sorted(dependents - managed)
     if foreign:
         raise ViewFailed(GoldFailure(view.name, view.sql_path, "its columns changed and views not defined here "
                                      f"depend on it ({', '.join(foreign)}): drop them first"))
-    conn.execute(sql.SQL("drop view if exists {} cascade").format(sql.Identifier(GOLD_SCHEMA, view.name)))
+    conn.execute(sql.SQL("drop view if exists {} cascade").format(sql.Identifier(scope.gold_schema, view.name)))
 
 
-def _check_columns(conn: psycopg.Connection[Any], view: GoldView) -> None:
+def _check_columns(conn: psycopg.Connection[Any], view: GoldView, scope: GoldScope) -> None:
     actual = [r[0] for r in conn.execute(
         "select attname from pg_attribute where attrelid = to_regclass(%s) and attnum > 0 and not attisdropped"
-        " order by attnum", (f"{GOLD_SCHEMA}.{view.name}",))]
+        " order by attnum", (sql.Identifier(scope.gold_schema, view.name).as_string(conn),))]
     documented = [c.name for c in view.doc.columns]
     missing = [c for c in actual if c not in documented]
     if missing:
@@ -212,12 +250,12 @@ def _check_columns(conn: psycopg.Connection[Any], view: GoldView) -> None:
             f"columns: {', '.join(actual)})", view.column_lines[extra[0]]))
 
 
-def _located(view: GoldView, prefix: str, exc: psycopg.Error) -> GoldFailure:
+def _located(view: GoldView, statement: Rewritten, exc: psycopg.Error) -> GoldFailure:
     """Map Postgres' error position (a character of the statement sent) to a line of the SQL file."""
     position = exc.diag.statement_position
     line = column = None
-    if position and position.isdigit():
-        offset = max(0, int(position) - 1 - len(prefix))
+    offset = statement.original(int(position) - 1) if position and position.isdigit() else None
+    if offset is not None:
         before = view.query[:offset]
         line, column = before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
     return GoldFailure(view.name, view.sql_path, _message(exc), line, column)
@@ -244,13 +282,14 @@ class GoldListing:
     in_database: bool
 
 
-def list_gold(conn: psycopg.Connection[Any], directory: Path = DEFAULT_DIRECTORY) -> list[GoldListing]:
-    """The views defined in `directory` and those in schema gold, by name."""
+def list_gold(conn: psycopg.Connection[Any], directory: Path = DEFAULT_DIRECTORY,
+              scope: GoldScope = GoldScope()) -> list[GoldListing]:  # noqa: B008 - frozen default
+    """The views defined in `directory` and those in the scope's gold schema, by name."""
     views, _ = load_gold(directory)
     present = {r[0]: (r[1] or "", r[2]) for r in conn.execute(
         "select c.relname, obj_description(c.oid, 'pg_class'),"
         " (select count(*) from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped)"
-        " from pg_class c where c.relnamespace = to_regnamespace(%s) and c.relkind = 'v'", (GOLD_SCHEMA,))}
+        " from pg_class c where c.relnamespace = to_regnamespace(%s) and c.relkind = 'v'", (scope.gold_schema,))}
     out = [GoldListing(v.name, v.doc.description, len(v.doc.columns), True, v.name in present) for v in views]
     out += [GoldListing(n, d, int(k), False, True) for n, (d, k) in present.items() if n not in {v.name for v in views}]
     return sorted(out, key=lambda x: x.name)

@@ -51,6 +51,9 @@ class ViewDoc(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str = Field(min_length=1)
+    source_type: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
+    """The connector the view is defined for: its `silver.<stream>` is that stream of every instance of this
+    source type in the tenant and env, side by side with an `instance` column (layers/gold/scope.py)."""
     columns: tuple[ColumnDoc, ...] = Field(min_length=1)
 
 
@@ -174,11 +177,23 @@ def _line_of(data: Any, loc: Sequence[Any]) -> int | None:
 
 def references(query: str) -> frozenset[tuple[str, str]]:
     """The `silver.x` and `gold.y` relations named in `query` (comments and string literals ignored)."""
-    bare = _COMMENTS_AND_STRINGS.sub(" ", query)
-    out = set()
-    for schema, name in _REFERENCE.findall(bare):
-        out.add((schema.lower(), name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()))
-    return frozenset(out)
+    return frozenset((schema, name) for schema, name, _, _ in reference_spans(query))
+
+
+def reference_spans(query: str) -> list[tuple[str, str, int, int]]:
+    """(schema, name, start, end) of each `silver.x` and `gold.y` in `query`, outside comments and strings."""
+    bare = blank_comments_and_strings(query)
+    out = []
+    for m in _REFERENCE.finditer(bare):
+        schema, name = m.group(1), m.group(2)
+        out.append((schema.lower(), name[1:-1].replace('""', '"') if name.startswith('"') else name.lower(),
+                    m.start(), m.end()))
+    return out
+
+
+def blank_comments_and_strings(query: str) -> str:
+    """`query` with comments and string literals replaced by spaces (lines and offsets kept)."""
+    return _COMMENTS_AND_STRINGS.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), query)
 
 
 def dependency_order(views: Sequence[GoldView]) -> tuple[list[GoldView], list[GoldFailure]]:

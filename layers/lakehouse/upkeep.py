@@ -34,6 +34,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from engine.core.errors import ConfigError, IpaiError, NotFound
+from layers.addressing import parse_schema
 from layers.delta import table_uri
 
 Layer = Literal["bronze", "silver", "gold"]
@@ -129,39 +130,53 @@ class TableReport:
 # -- finding tables -------------------------------------------------------------------------------------
 
 
-def list_tables(lakehouse_uri: str, *, layer: str | None = None) -> list[TableRef]:
-    """Return the Delta tables of `layer` (or of every layer) of the lakehouse, sorted by layer and name."""
+def list_tables(lakehouse_uri: str, *, layer: str | None = None, tenant: str | None = None) -> list[TableRef]:
+    """Return the Delta tables of `layer` (or of every layer) of the lakehouse, of `tenant`'s folders only when
+    given (layers/addressing.py), sorted by layer, folder and name."""
     fs, root = _filesystem(lakehouse_uri)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise NotFound(f"no lakehouse at {lakehouse_uri}: pass --lakehouse (or set IPAI_LAKEHOUSE_URI), "
                        "or run a sync first")
     found = []
-    for name in [layer] if layer else LAYERS:
-        folder = f"{root}/{name}"
-        if fs.get_file_info(folder).type != pafs.FileType.Directory:
+    folders = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root))
+                     if i.type == pafs.FileType.Directory)
+    for name in folders:  # bronze, bronze_dev, acme_silver ...: one folder per layer of each tenant and env
+        parsed = parse_schema(name)
+        if parsed is None or (layer and parsed[1] != layer) or (tenant and parsed[0] != tenant):
             continue
-        for info in fs.get_file_info(pafs.FileSelector(folder)):
+        for info in fs.get_file_info(pafs.FileSelector(f"{root}/{name}")):
             if info.type == pafs.FileType.Directory and _is_delta(fs, info.path):
                 found.append(TableRef(uri=table_uri(lakehouse_uri, name, info.base_name), layer=name,
                                       name=info.base_name))
-    return sorted(found, key=lambda r: (LAYERS.index(r.layer) if r.layer in LAYERS else 99, r.name or ""))
+    return sorted(found, key=lambda r: (_layer_order(r.layer), r.layer or "", r.name or ""))
 
 
-def find_tables(lakehouse_uri: str, table: str | None = None, *, layer: str | None = None) -> list[TableRef]:
+def _layer_order(folder: str | None) -> int:
+    parsed = parse_schema(folder) if folder else None
+    return LAYERS.index(parsed[1]) if parsed else 99
+
+
+def find_tables(lakehouse_uri: str, table: str | None = None, *, layer: str | None = None,
+                tenant: str | None = None) -> list[TableRef]:
     """Return the tables upkeep or export should act on: `table` (a name, or a path to a Delta table), else
-    every table of `layer`, else every table of the lakehouse. An unknown name raises `NotFound` naming the
-    tables that exist."""
+    every table of `layer`, else every table of the lakehouse; only `tenant`'s, when given (a path into another
+    tenant's folder raises ConfigError). An unknown name raises `NotFound` naming the tables that exist."""
     if table and ("/" in table or "\\" in table):
         if not DeltaTable.is_deltatable(table):
             raise NotFound(f"{table} is not a Delta table (no _delta_log folder); pass a table name or its folder")
+        owner = parse_schema(Path(table.rstrip("/\\")).parent.name)
+        if tenant and owner and owner[0] != tenant:
+            raise ConfigError(f"{table} belongs to tenant {owner[0]}, not {tenant} (IPAI_TENANT): act on it as "
+                              "that tenant")
         return [TableRef(uri=table)]
-    tables = list_tables(lakehouse_uri, layer=layer)
+    tables = list_tables(lakehouse_uri, layer=layer, tenant=tenant)
     if table is None:
         return tables
     matches = [t for t in tables if t.name == table]
     if len(matches) > 1:
-        raise ConfigError(f"table {table!r} is in several layers ({', '.join(str(t.layer) for t in matches)}); "
-                          "choose one with --layer")
+        raise ConfigError(f"table {table!r} is in several folders ({', '.join(str(t.layer) for t in matches)}: "
+                          "instances of other tenants or envs); pass the one you mean as its path, e.g. "
+                          f"{matches[0].uri}")
     if not matches:
         where = f"layer {layer}" if layer else "the lakehouse"
         known = ", ".join(t.label for t in tables) or "none yet"

@@ -23,7 +23,18 @@ def drop_delta_table(uri: str) -> None:
         shutil.rmtree(path)
 
 
-def drop_postgres_table(url: str, schema: str, table: str) -> None:
-    """Drop `schema.table` on the Postgres at `url`, if it exists."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"drop table if exists {quote_ident(schema)}.{quote_ident(table)}")  # type: ignore[arg-type]
+def drop_postgres_table(url: str, schema: str, table: str) -> list[str]:
+    """Drop `schema.table` on the Postgres at `url`, if it exists, with the views over it (gold views: the next
+    gold apply makes them again); return those views as `schema.name`."""
+    relation = f"{quote_ident(schema)}.{quote_ident(table)}"
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        views = [r[0] for r in conn.execute(
+            "with recursive deps(oid) as ("
+            "  select distinct w.ev_class from pg_depend d join pg_rewrite w on w.oid = d.objid"
+            "  where d.refobjid = to_regclass(%s) and w.ev_class <> d.refobjid"
+            "  union select distinct w.ev_class from deps join pg_depend d on d.refobjid = deps.oid"
+            "  join pg_rewrite w on w.oid = d.objid where w.ev_class <> d.refobjid)"
+            " select distinct c.relnamespace::regnamespace::text || '.' || c.relname from deps"
+            " join pg_class c on c.oid = deps.oid order by 1", (relation,))]
+        conn.execute(f"drop table if exists {relation} cascade")  # type: ignore[arg-type]
+    return views

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from engine.core.sql import quote_ident
 
-from layers.postgres import _pg_type, _postgres_ready, load_as_layer_owner
+from layers.postgres import _pg_type, _postgres_ready, create_layer_schema, load_as_layer_owner
 from layers.silver.sql import assignments, newer_sql
 
 STAGE = "_ipai_silver_in"
@@ -180,7 +180,7 @@ def ensure_schema(cur: Any, schema: str) -> None:
     if cur.fetchone()[0]:
         cur.execute("select pg_advisory_xact_lock(hashtext('ipai schema setup'))")
         try:
-            cur.execute(f"create schema if not exists {quote_ident(schema)}")
+            create_layer_schema(cur, schema)
         except Exception as exc:
             if getattr(exc, "sqlstate", None) != "42501":
                 raise

@@ -10,14 +10,14 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from layers.silver.evolve import Quarantined
 from layers.postgres import ingest, load_as_layer_owner
+from layers.silver.evolve import Quarantined
 from layers.silver.postgres import ensure_schema
 from layers.silver.target import SilverTarget
 
 
 def quarantine_table(target: SilverTarget) -> str:
-    return f"quarantine_{target.table}"
+    return target.quarantine_table or f"quarantine_{target.table}"
 
 
 def write_quarantine(target: SilverTarget, quarantined: Quarantined, *, run_id: str, extraction_id: str) -> None:

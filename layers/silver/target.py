@@ -22,6 +22,8 @@ class SilverTarget:
     bronze_table: str
     delta_uri: str | None = None
     bronze_delta_uri: str | None = None
+    quarantine_table: str = ""
+    """Rows silver cannot take go to this table beside bronze (default `quarantine_<table>`)."""
     quarantine_delta_uri: str | None = None
     postgres_url: str | None = None
     postgres_schema: str = "silver"

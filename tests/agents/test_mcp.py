@@ -22,6 +22,7 @@ from fastmcp.client.transports import StdioTransport
 
 from connectors.specload import parse_spec
 from tests.support.cli import env_for, ipai
+from layers.addressing import Address
 from tests.support.truth import bronze_postgres, source_rows
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -76,17 +77,21 @@ async def create_run_follow(client: Client, name: str) -> tuple[dict[str, Any], 
     return created, status["run"], logs["logs"]
 
 
-def assert_landed(settings, name: str, run: dict[str, Any], logs: list[dict]) -> None:
-    truth = source_rows(parse_spec(SPEC.format(name=name)), "orders")
+def assert_landed(settings, name: str, run: dict[str, Any], logs: list[dict], *, tenant: str = "local") -> None:
+    spec = parse_spec(SPEC.format(name=name))
+    where = Address(tenant, spec.env, name)  # the instance's own tables, in its tenant's schemas
+    truth = source_rows(spec, "orders")
     assert run["status"] == "succeeded", run
     assert run["rows_by_stream"]["orders"] == truth.num_rows
-    assert bronze_postgres(settings.database_url, f"raw_{name}_orders").num_rows == truth.num_rows
+    bronze = f"{where.schema('bronze')}.{where.bronze_table('orders')}"
+    assert bronze_postgres(settings.database_url, bronze).num_rows == truth.num_rows
     # The worker (connected as ipai_worker) built silver too: one row per order, owned by the layers' role.
+    silver = (where.schema("silver"), where.silver_table("orders"))
     with psycopg.connect(settings.database_url) as conn:
-        assert conn.execute(f'select count(distinct id), count(*) from silver."{name}_orders"').fetchone() == \
+        assert conn.execute('select count(distinct id), count(*) from "{}"."{}"'.format(*silver)).fetchone() == \
             (truth.num_rows, truth.num_rows)
-        assert conn.execute("select tableowner from pg_tables where schemaname = 'silver' and tablename = %s",
-                            (f"{name}_orders",)).fetchone() == ("ipai_bronze",)
+        assert conn.execute("select tableowner from pg_tables where schemaname = %s and tablename = %s",
+                            silver).fetchone() == ("ipai_bronze",)
     events = [entry["event"] for entry in logs]
     assert events[0] == "run.queued" and "run.succeeded" in events, events
 
@@ -179,7 +184,7 @@ def test_http_agent_with_a_bearer_token_acts_only_for_its_tenant(settings, tmp_p
             async with Client(url, auth=acme) as otto:
                 assert TOOLS <= {t.name for t in await otto.list_tools()}
                 created, run, logs = await create_run_follow(otto, "mcp_http")
-                assert_landed(settings, "mcp_http", run, logs)
+                assert_landed(settings, "mcp_http", run, logs, tenant="acme")
             async with Client(url, auth=globex) as other:
                 # Another tenant's run and instance answer exactly as missing ones do.
                 theirs = await call(other, "connector_status", run_id=run["run_id"])

@@ -28,6 +28,7 @@ from tests.emulators.harness import EmulatorProcess
 from tests.emulators.odoo import schema as odoo_schema
 from tests.support import github
 from tests.support.conformance import Versions, versions
+from tests.support.databases import scratch_database
 from tests.support.truth import source_rows
 from tests.support.vault import Vault
 
@@ -45,7 +46,7 @@ class Source:
     """A started source, as a case's functions see it."""
 
     database: Database
-    """The scratch database: the tables of the `database` and `odoo` sources live there too."""
+    """Where the source's tables are: the scratch database (the Odoo emulator's), or one beside it (`database`)."""
     emulator: EmulatorProcess | None = None
     clock: Any = None
     """The source's clock where the case keeps one: the sample shop's `today`, GA4's emulated date."""
@@ -149,18 +150,20 @@ def _database_spec(source: Source, name: str) -> str:
 
 @contextmanager
 def _database_start(scratch: Scratch, canary: str) -> Iterator[Source]:
-    # The canary is the password in the source's URL. The test server trusts local connections, so it is
-    # sent and never checked; what matters is that it travels with the URL everywhere the URL goes.
-    url = urlsplit(scratch.database.url)
-    netloc = f"{url.username}:{canary}@{url.hostname}:{url.port or 5432}"
-    scratch.vault.set("source_url", urlunsplit(url._replace(netloc=netloc)))
-    with psycopg.connect(scratch.database.url, autocommit=True) as conn:
-        conn.execute("create schema src")
-        conn.execute("create table src.items (id bigint primary key, updated_at timestamptz not null, note text)")
-        conn.execute("insert into src.items select g, timestamptz '2025-01-01 00:00:00+00' + g * interval '1 minute',"
-                     " 'item ' || g from generate_series(1, 3000) g")
-        conn.execute("create index on src.items (updated_at); analyze src.items")
-    yield Source(scratch.database)
+    # The table lives in a database beside the scratch one: a source may not read the control-plane database as
+    # the platform. The canary is the password in the source's URL. The test server trusts local connections,
+    # so it is sent and never checked; what matters is that it travels with the URL everywhere the URL goes.
+    with scratch_database(scratch.database.url) as source_db:
+        url = urlsplit(source_db.url)
+        netloc = f"{url.username}:{canary}@{url.hostname}:{url.port or 5432}"
+        scratch.vault.set("source_url", urlunsplit(url._replace(netloc=netloc)))
+        with psycopg.connect(source_db.url, autocommit=True) as conn:
+            conn.execute("create schema src")
+            conn.execute("create table src.items (id bigint primary key, updated_at timestamptz not null, note text)")
+            conn.execute("insert into src.items select g, timestamptz '2025-01-01 00:00:00+00'"
+                         " + g * interval '1 minute', 'item ' || g from generate_series(1, 3000) g")
+            conn.execute("create index on src.items (updated_at); analyze src.items")
+        yield Source(source_db)
 
 
 def _database_change(source: Source) -> None:

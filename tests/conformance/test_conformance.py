@@ -33,6 +33,7 @@ from connectors.specload import parse_spec
 from engine.controlplane.db import Database
 from engine.controlplane.settings import Settings
 from engine.core.faults import FaultPlan
+from engine.core.spec import ConnectorSpec
 from engine.run.driver import RunResult
 from tests.conformance.cases import CASES, Case, Scratch, Source
 from tests.support.canary import Sinks, forms, ray_logs
@@ -41,7 +42,7 @@ from tests.support.conformance import (
 )
 from tests.support.databases import migrated, scratch_database
 from tests.support.syncing import planned, sync
-from tests.support.truth import assert_state_not_ahead_of_data
+from tests.support.truth import address, assert_state_not_ahead_of_data, bronze_schema, bronze_table
 from tests.support.vault import Vault
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,10 @@ class World:
     def spec(self, instance: str) -> str:
         return self.case.spec(self.source, instance)
 
+    def parsed(self, instance: str) -> ConnectorSpec:
+        """The instance's spec, validated."""
+        return parse_spec(self.spec(instance))
+
     def sync(self, instance: str, **options: Any) -> RunResult:
         result = sync(self.settings, self.database, self.spec(instance), **options)
         assert result.status == "succeeded", result
@@ -72,11 +77,14 @@ class World:
     def truth(self) -> dict[str, Versions]:
         return {s.name: self.case.truth(self.source, s) for s in self.case.streams}
 
-    def tables(self, instance: str) -> list[str]:
-        return [f"raw_{instance}_{s.name}" for s in self.case.streams]
+    def state(self, instance: str) -> BronzeState:
+        """Everything a write can change in the instance's bronze."""
+        return BronzeState.of(self.database, self.settings.lakehouse_uri, self.parsed(instance),
+                              [s.name for s in self.case.streams])
 
     def bronze(self, instance: str, stream: str) -> dict[str, pa.Table]:
-        return bronze_tables(self.database.url, self.settings.lakehouse_uri, f"raw_{instance}_{stream}")
+        return bronze_tables(self.parsed(instance), stream, db_url=self.database.url,
+                             lakehouse_uri=self.settings.lakehouse_uri)
 
     def assert_one_extraction_equals_truth(self, instance: str, result: RunResult,
                                            truth_now: dict[str, Versions] | None = None) -> None:
@@ -159,14 +167,13 @@ def test_an_incremental_sync_after_changes_equals_the_source(world: World) -> No
 
 
 def test_the_same_extraction_run_again_changes_nothing(world: World, first: FirstSync) -> None:
-    tables = world.tables(first.instance)
-    before = BronzeState.of(world.database, world.settings.lakehouse_uri, tables)
+    before = world.state(first.instance)
     to_read = reopen_extractions(world.database, first.instance)
     again = world.sync(first.instance)
     plans = planned(world.database, again.run_id)
     assert sum(p["to_read"] for p in plans.values()) == to_read > 0, plans
     assert all(p["resumed"] for p in plans.values()), "the run planned a new extraction instead"
-    changes = BronzeState.of(world.database, world.settings.lakehouse_uri, tables).changes_since(before)
+    changes = world.state(first.instance).changes_since(before)
     assert not changes, "the same extraction written again changed bronze: " + "; ".join(changes)
 
 
@@ -176,8 +183,7 @@ def test_a_killed_read_task_loses_and_duplicates_nothing(world: World, tmp_path:
     result = world.sync(instance, faults=faults)
     assert (tmp_path / "read.after_fetch").exists(), "no read task reached the crash point"
     world.assert_one_extraction_equals_truth(instance, result)
-    # The state check reads only what every spec has (name, env, destinations); its annotation says sample.
-    spec: Any = parse_spec(world.spec(instance))
+    spec = world.parsed(instance)
     assert assert_state_not_ahead_of_data(world.database.url, world.settings.lakehouse_uri, spec) > 0
 
 
@@ -195,17 +201,18 @@ def test_the_canary_secret_reaches_no_table_log_or_file(world: World, first: Fir
     if world.case.no_secret:
         pytest.skip(f"{world.case.source_type} has no credential: {world.case.no_secret}")
     stream = world.case.streams[0].name
-    table = f"raw_{first.instance}_{stream}"
+    spec = world.parsed(first.instance)
+    schema, table = bronze_schema(spec), address(spec).bronze_table(stream)
     with world.database.connect() as conn:
         [(extraction,)] = conn.execute("select id::text from connector_extractions where run_id = %s and stream = %s",
                                        (first.result.run_id, stream)).fetchall()
     home, lakehouse, ray_folder = world.settings.home, Path(world.settings.lakehouse_uri), ray_logs()
     sinks = Sinks(world.database.url, {}, tables={("vault", "secrets"), ("public", "connector_run_logs"),
-                                                  ("public", "connector_runs"), ("bronze", table)})
+                                                  ("public", "connector_runs"), (schema, table)})
 
     # Every search sees its sink: strings that are not secret are found where they must be.
     probe = text_value(world.bronze(first.instance, stream)[f"Postgres {table}"]).encode()
-    assert f"bronze.{table}" in " ".join(sinks.database([probe])), "the search missed bronze"
+    assert bronze_table(spec, stream) in " ".join(sinks.database([probe])), "the search missed bronze"
     assert "public.connector_run_logs" in " ".join(sinks.database([stream.encode()])), "the search missed the logs"
     in_lakehouse = sinks.files(lakehouse, [extraction.encode()])
     assert any("_delta_log" in h and ".json " in h for h in in_lakehouse), "the search missed the Delta log"
@@ -234,18 +241,20 @@ def test_control_a_replay_that_writes_twice_is_caught(database: Database, settin
         world = World(case, source, database, settings, canary="")
         instance = world.instance("control")
         world.sync(instance)
-        tables = world.tables(instance)
-        before = BronzeState.of(database, settings.lakehouse_uri, tables)
+        before = world.state(instance)
         reopen_extractions(database, instance)
+        spec = world.parsed(instance)
+        tables = list(before.postgres_rows)
         with database.connect() as conn:
-            conn.execute("delete from bronze._ipai_loads where table_name = any(%s)", (tables,))
+            conn.execute(f'delete from "{bronze_schema(spec)}"._ipai_loads where table_name = any(%s)', (tables,))
         world.sync(instance)
-        changes = BronzeState.of(database, settings.lakehouse_uri, tables).changes_since(before)
+        changes = world.state(instance).changes_since(before)
         truth = world.truth()
         orders = world.bronze(instance, "orders")
-    assert f"Postgres raw_{instance}_orders: {len(truth['orders'])} rows added, 0 gone" in changes, changes
+    table = address(spec).bronze_table("orders")
+    assert f"Postgres {table}: {len(truth['orders'])} rows added, 0 gone" in changes, changes
     assert not any(c.startswith("Delta") for c in changes), changes
     check = case.stream("orders")
     with pytest.raises(AssertionError, match="more than once in one extraction"):
-        assert_bronze_holds(orders[f"Postgres raw_{instance}_orders"], truth["orders"], key=check.key,
+        assert_bronze_holds(orders[f"Postgres {table}"], truth["orders"], key=check.key,
                             version=check.version, where="Postgres", one_extraction=True)

@@ -29,7 +29,8 @@ from engine.core.errors import RunFailed
 from engine.core.faults import DriverCrash, FaultPlan
 from tests.support.databases import scratch_database, scratch_name
 from tests.support.syncing import sync
-from tests.support.truth import bronze_delta, bronze_postgres
+from connectors.specload import parse_spec
+from tests.support.truth import bronze_delta, bronze_postgres, bronze_table, bronze_uri, silver_table, silver_uri
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -108,12 +109,13 @@ def changes(table: pa.Table) -> list[tuple[Any, ...]]:
 def assert_bronze(settings: Any, database: Any, source: str) -> pa.Table:
     """Delta holds every change once, replaying them gives the source table, and Postgres holds the same
     changes; returns the Delta table."""
-    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_items")
+    spec = parse_spec(spec_text(source))
+    delta = bronze_delta(bronze_uri(spec, "items", settings.lakehouse_uri))
     seen = changes(delta)
     assert len(seen) == len(set(seen)), "a change was delivered twice"
     got, want = replayed(delta), source_rows(source)
     assert got == want, (sorted(got - want, key=str)[:3], sorted(want - got, key=str)[:3], len(got), len(want))
-    assert sorted(changes(bronze_postgres(database.url, "raw_src_items"))) == sorted(seen)
+    assert sorted(changes(bronze_postgres(database.url, bronze_table(spec, "items")))) == sorted(seen)
     return delta
 
 
@@ -161,7 +163,8 @@ def test_snapshot_and_changes_land_exactly_once_and_the_slot_trails_bronze(sourc
         committed_early.join()
         early.close()
     assert first.status == "succeeded" and first.partitions >= 6, "6,000 rows at 1,000 a partition, and changes"
-    racing = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_items").to_pylist()
+    spec = parse_spec(spec_text(source, layers="bronze, silver"))
+    racing = bronze_delta(bronze_uri(spec, "items", settings.lakehouse_uri)).to_pylist()
     assert any(r["_ipai_op"] == "c" and r["name"] == "racing" for r in racing), "no change raced the snapshot"
 
     with psycopg.connect(source, autocommit=True) as conn:
@@ -178,14 +181,14 @@ def test_snapshot_and_changes_land_exactly_once_and_the_slot_trails_bronze(sourc
 
     bronze = assert_bronze(settings, database, source)
     # Silver holds each key once: the source's rows, and the deleted keys as soft deletes.
-    silver = DeltaTable(f"{settings.lakehouse_uri}/silver/src_items").to_pyarrow_table().to_pylist()
+    silver = DeltaTable(silver_uri(spec, "items", settings.lakehouse_uri)).to_pyarrow_table().to_pylist()
     live = [r for r in silver if not r["_ipai_deleted"]]
     assert {tuple(_plain(r[c.strip()]) for c in COLUMNS.split(",")) for r in live} == source_rows(source)
     gone = set(bronze.column("id").to_pylist()) - {r[0] for r in source_rows(source)}
     assert gone and {r["id"] for r in silver if r["_ipai_deleted"]} == gone
     assert len(silver) == len({r["id"] for r in silver})
     with psycopg.connect(database.url) as conn:
-        in_pg = conn.execute('select id, name, qty, _ipai_deleted from silver.src_items').fetchall()
+        in_pg = conn.execute(f"select id, name, qty, _ipai_deleted from {silver_table(spec, 'items')}").fetchall()
     assert sorted(in_pg) == sorted((r["id"], r["name"], r["qty"], r["_ipai_deleted"]) for r in silver)
     # The transaction open while the slot was made is in the snapshot, once; its row's delete came later.
     assert [r["_ipai_op"] for r in sorted(bronze.filter(pa.compute.equal(bronze.column("id"), -1)).to_pylist(),
@@ -232,7 +235,7 @@ def test_a_snapshot_lost_with_its_driver_is_taken_again(source, settings, databa
         events = [r[0] for r in conn.execute("select event from connector_run_logs where run_id = %s",
                                              (again.run_id,))]
     assert "stream.restarted" in events
-    latest = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_items")
+    latest = bronze_delta(bronze_uri(parse_spec(spec_text(source)), "items", settings.lakehouse_uri))
     latest = latest.filter(pa.compute.equal(latest.column("_ipai_run_id"), again.run_id))
     assert replayed(latest) == source_rows(source), "the new snapshot alone is the table"
 
@@ -248,12 +251,12 @@ def test_slots_of_other_owners_are_refused_and_kept(source, settings, database):
     assert slot_state(source, "shared_slot") is not None and slot_state(source, "debezium") is not None
 
 
-def test_cdc_needs_logical_wal_and_a_key(database, settings):
+def test_cdc_needs_logical_wal_and_a_key(source_database, database, settings):
     # The test server (and the default embedded one) run with wal_level = replica.
-    with psycopg.connect(database.url, autocommit=True) as conn:
+    with psycopg.connect(source_database.url, autocommit=True) as conn:
         conn.execute("create table items (id bigint primary key, name text)")
     with pytest.raises(RunFailed, match=r"wal_level = replica.*wal_level = logical.*restart"):
-        sync(settings, database, spec_text(database.url))
+        sync(settings, database, spec_text(source_database.url))
 
 
 def test_a_table_without_a_key_is_refused_with_advice(source, settings, database):

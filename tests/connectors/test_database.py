@@ -15,6 +15,7 @@ import pytest
 from engine.core.errors import RunFailed
 from connectors.specload import parse_spec
 from tests.support.syncing import sync
+from layers.addressing import Address
 from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -31,9 +32,9 @@ ORDERS_TABLE = "    - {table: shop.orders, cursor: updated_at}\n"
 
 
 @pytest.fixture
-def shop(database: Any) -> Any:
-    """Schema `shop` in the test database: 30,000 orders with an indexed updated_at."""
-    with psycopg.connect(database.url, autocommit=True) as conn:
+def shop(source_database: Any) -> Any:
+    """Schema `shop` in a source database beside the control plane's: 30,000 orders with an indexed updated_at."""
+    with psycopg.connect(source_database.url, autocommit=True) as conn:
         conn.execute("create schema shop; create type shop.status as enum ('placed', 'paid', 'shipped')")
         conn.execute(
             "create table shop.orders (id bigint primary key, updated_at timestamptz not null,"
@@ -44,7 +45,7 @@ def shop(database: Any) -> Any:
             " jsonb_build_object('n', g), array['t' || (g %% 5)], gen_random_uuid() from generate_series(1, %s) g",
             (ORDERS,))
         conn.execute("create index on shop.orders (updated_at); analyze shop.orders")
-    return database
+    return source_database
 
 
 def source(database: Any) -> set[tuple[int, datetime]]:
@@ -52,36 +53,48 @@ def source(database: Any) -> set[tuple[int, datetime]]:
         return set(conn.execute("select id, updated_at from shop.orders").fetchall())
 
 
+SRC = Address("local", "dev", "src")
+"""Every spec here is instance `src` in env dev: stream `orders` lands in `bronze_dev.raw_src_orders`."""
+
+
+def pg_bronze(database: Any, stream: str) -> pa.Table:
+    return bronze_postgres(database.url, f"{SRC.schema('bronze')}.{SRC.bronze_table(stream)}")
+
+
+def delta_bronze(settings: Any, stream: str) -> pa.Table:
+    return bronze_delta(SRC.delta_uri(settings.lakehouse_uri, "bronze", SRC.bronze_table(stream)))
+
+
 def loaded(database: Any) -> pa.Table:
-    return bronze_postgres(database.url, "raw_src_orders")
+    return pg_bronze(database, "orders")
 
 
 def test_full_read_in_key_ranges_then_incremental_reads_only_changes_once(shop, settings, database):
-    first = sync(settings, database, spec_text(database.url, ORDERS_TABLE))
+    first = sync(settings, database, spec_text(shop.url, ORDERS_TABLE))
     assert first.partitions == 6, "30,000 rows at 5,000 a partition"
     table = loaded(database)
-    assert set(zip(table.column("id").to_pylist(), table.column("updated_at").to_pylist())) == source(database)
+    assert set(zip(table.column("id").to_pylist(), table.column("updated_at").to_pylist())) == source(shop)
     assert_exactly_once_per_extraction(table, ("id",))
-    assert bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_orders").num_rows == ORDERS
+    assert delta_bronze(settings, "orders").num_rows == ORDERS
     assert first.tables[0].cursor == "2026-11-01T08:20:00.000000+00:00"  # the max at plan time
 
-    with psycopg.connect(database.url, autocommit=True) as conn:
+    with psycopg.connect(shop.url, autocommit=True) as conn:
         conn.execute("update shop.orders set updated_at = now(), amount = -1 where id % 60 = 0")  # 500 rows
         conn.execute("insert into shop.orders select g, now(), 0, 'placed', null, null, null"
                      " from generate_series(%s::bigint, %s::bigint) g", (ORDERS + 1, ORDERS + 100))
-    second = sync(settings, database, spec_text(database.url, ORDERS_TABLE))
+    second = sync(settings, database, spec_text(shop.url, ORDERS_TABLE))
     assert second.rows == 600 and second.partitions == 1, "600 changed rows fit one partition"
     changed = loaded(database).filter(pa.compute.equal(pa.compute.field("_ipai_run_id"), second.run_id))
     assert sorted(changed.column("id").to_pylist()) == sorted(
         [i for i in range(60, ORDERS + 1, 60)] + list(range(ORDERS + 1, ORDERS + 101)))
 
-    third = sync(settings, database, spec_text(database.url, ORDERS_TABLE))
+    third = sync(settings, database, spec_text(shop.url, ORDERS_TABLE))
     assert third.rows == 0, "nothing changed since the fixed upper bound"
 
 
 def test_types_arrive_faithfully(shop, settings, database):
-    sync(settings, database, spec_text(database.url, ORDERS_TABLE, mode="full"))
-    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_orders")
+    sync(settings, database, spec_text(shop.url, ORDERS_TABLE, mode="full"))
+    delta = delta_bronze(settings, "orders")
     schema = delta.schema
     assert schema.field("amount").type == pa.decimal128(12, 2)
     assert schema.field("updated_at").type == pa.timestamp("us", tz="UTC")
@@ -94,9 +107,9 @@ def test_types_arrive_faithfully(shop, settings, database):
 
 
 def test_a_cursor_without_an_index_is_read_with_a_warning_of_its_cost(shop, settings, database):
-    with psycopg.connect(database.url, autocommit=True) as conn:
+    with psycopg.connect(shop.url, autocommit=True) as conn:
         conn.execute("drop index shop.orders_updated_at_idx")
-    result = sync(settings, database, spec_text(database.url, ORDERS_TABLE))
+    result = sync(settings, database, spec_text(shop.url, ORDERS_TABLE))
     assert result.rows == ORDERS
     with psycopg.connect(database.url) as conn:
         warnings = [r[0] for r in conn.execute("select message from connector_run_logs where level = 'warning'")]
@@ -105,9 +118,9 @@ def test_a_cursor_without_an_index_is_read_with_a_warning_of_its_cost(shop, sett
 
 def test_a_missing_table_or_column_is_named(shop, settings, database):
     with pytest.raises(RunFailed, match=r"table shop.order does not exist .*shop\.orders"):
-        sync(settings, database, spec_text(database.url, "    - {table: shop.order, cursor: updated_at}\n"))
+        sync(settings, database, spec_text(shop.url, "    - {table: shop.order, cursor: updated_at}\n"))
     with pytest.raises(RunFailed, match=r"cursor column 'changed_at' does not exist in shop.orders"):
-        sync(settings, database, spec_text(database.url, "    - {table: shop.orders, cursor: changed_at}\n"))
+        sync(settings, database, spec_text(shop.url, "    - {table: shop.orders, cursor: changed_at}\n"))
 
 
 def test_an_unreachable_database_is_named_without_its_password(shop, settings, database, vault):
@@ -128,11 +141,11 @@ def test_a_password_in_the_spec_is_refused(database):
 def test_rows_changing_while_an_extraction_is_read_are_neither_skipped_nor_repeated(shop, settings, database, tmp_path):
     from engine.core.faults import DriverCrash, FaultPlan
 
-    text = spec_text(database.url, ORDERS_TABLE)
+    text = spec_text(shop.url, ORDERS_TABLE)
     with pytest.raises(DriverCrash):  # the driver dies after its first partition is recorded
         sync(settings, database, text, lease_seconds=1,
              faults=FaultPlan(points=("driver.after_checkpoint",), marker_dir=str(tmp_path)))
-    with psycopg.connect(database.url, autocommit=True) as conn:  # changes land mid-extraction, in every range
+    with psycopg.connect(shop.url, autocommit=True) as conn:  # changes land mid-extraction, in every range
         conn.execute("update shop.orders set updated_at = now(), amount = -2 where id % 97 = 0")
         conn.execute("insert into shop.orders select g, now(), 0, 'placed', null, null, null"
                      " from generate_series(%s::bigint, %s::bigint) g", (ORDERS + 1, ORDERS + 50))
@@ -146,7 +159,13 @@ def test_rows_changing_while_an_extraction_is_read_are_neither_skipped_nor_repea
     latest: dict[int, datetime] = {}
     for i, ts in zip(table.column("id").to_pylist(), table.column("updated_at").to_pylist()):
         latest[i] = max(ts, latest.get(i, ts))
-    assert set(latest.items()) == source(database), "every row's latest version is in bronze"
+    assert set(latest.items()) == source(shop), "every row's latest version is in bronze"
+
+
+def sqlite_path(settings: Any) -> Any:
+    """A SQLite file in the IPAI home folder, where SQLite sources may read by default (IPAI_SQLITE_ROOTS)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings.home / "shop.db"
 
 
 def test_two_tables_making_one_stream_are_refused_with_the_fix():
@@ -157,10 +176,10 @@ def test_two_tables_making_one_stream_are_refused_with_the_fix():
         parse_spec(spec_text("postgresql://u@localhost/db", tables))
 
 
-def test_a_sqlite_file_is_read_in_key_ranges_then_incrementally(settings, database, tmp_path):
+def test_a_sqlite_file_is_read_in_key_ranges_then_incrementally(settings, database):
     import sqlite3
 
-    path = tmp_path / "shop.db"
+    path = sqlite_path(settings)
     with sqlite3.connect(path) as conn:
         conn.execute("create table orders (id integer primary key, updated_at text not null, amount real, note text)")
         conn.executemany("insert into orders values (?, ?, ?, ?)",
@@ -174,7 +193,7 @@ def test_a_sqlite_file_is_read_in_key_ranges_then_incrementally(settings, databa
         conn.execute("update orders set updated_at = '2026-11-02T00:00:00', note = 'changed' where id % 100 = 0")
     second = sync(settings, database, spec_text(f"sqlite:///{path}", tables, partition_rows=4_000))
     assert second.rows == 120
-    table = bronze_postgres(database.url, "raw_src_orders")
+    table = pg_bronze(database, "orders")
     assert_exactly_once_per_extraction(table, ("id",))
     notes = dict(zip(table.column("id").to_pylist(), table.column("note").to_pylist()))
     assert notes[100] in ("n100", "changed") and table.num_rows == 12_120
@@ -222,7 +241,7 @@ def test_a_mariadb_table_is_read_in_key_ranges_with_its_types_then_incrementally
     url = f"{MARIADB}/{name}"
     first = sync(settings, database, spec_text(url, tables, partition_rows=3_000))
     assert first.rows == 9_000 and first.partitions >= 3  # InnoDB's row count is an estimate
-    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_orders")
+    delta = delta_bronze(settings, "orders")
     assert delta.schema.field("amount").type == pa.decimal128(12, 2)
     assert delta.schema.field("placed").type == pa.timestamp("us", tz="UTC")
     row = delta.filter(pa.compute.equal(delta.column("id"), 7)).to_pylist()[0]
@@ -232,7 +251,7 @@ def test_a_mariadb_table_is_read_in_key_ranges_with_its_types_then_incrementally
         cur.execute("update orders set updated_at = '2026-11-03 00:00:00', amount = 0 where id % 90 = 0")
     second = sync(settings, database, spec_text(url, tables, partition_rows=3_000))
     assert second.rows == 100
-    assert_exactly_once_per_extraction(bronze_postgres(database.url, "raw_src_orders"), ("id",))
+    assert_exactly_once_per_extraction(pg_bronze(database, "orders"), ("id",))
 
 
 BIG_ORDERS = ("select o.id, o.updated_at, o.amount, o.status, c.name as customer, c.tier"
@@ -260,28 +279,28 @@ def big_orders(database: Any) -> set[tuple[Any, ...]]:
 def test_a_query_stream_with_a_join_is_read_in_key_ranges_then_incrementally(shop_customers, settings, database):
     tables = (f'    - {{name: big_orders, query: "{BIG_ORDERS}", cursor: updated_at, primary_key: [id],'
               " partition_on: id}\n")
-    first = sync(settings, database, spec_text(database.url, tables))
-    truth = big_orders(database)
+    first = sync(settings, database, spec_text(shop_customers.url, tables))
+    truth = big_orders(shop_customers)
     assert first.rows == len(truth) > 20_000 and first.partitions >= 4, "the query's key range, cut by its estimate"
-    assert_exactly_once_per_extraction(bronze_postgres(database.url, "raw_src_big_orders"), ("id",))
-    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_big_orders")
+    assert_exactly_once_per_extraction(pg_bronze(database, "big_orders"), ("id",))
+    delta = delta_bronze(settings, "big_orders")
     assert set(zip(*(delta.column(c).to_pylist() for c in ("id", "updated_at", "amount", "customer")))) == truth
     assert delta.schema.field("amount").type == pa.decimal128(12, 2)  # types of the result, as for a table
     assert delta.schema.field("tier").type == pa.decimal128(4, 1) and delta.schema.field("status").type == pa.string()
     assert first.tables[0].cursor == "2026-11-01T08:20:00.000000+00:00"
 
-    with psycopg.connect(database.url, autocommit=True) as conn:
+    with psycopg.connect(shop_customers.url, autocommit=True) as conn:
         conn.execute("update shop.orders set updated_at = now(), amount = amount + 1000 where id % 50 = 0")
         conn.execute("update shop.orders set updated_at = now(), amount = 1 where id % 50 = 25")  # leaves the query
-    second = sync(settings, database, spec_text(database.url, tables))
-    changed = bronze_postgres(database.url, "raw_src_big_orders").filter(
+    second = sync(settings, database, spec_text(shop_customers.url, tables))
+    changed = pg_bronze(database, "big_orders").filter(
         pa.compute.equal(pa.compute.field("_ipai_run_id"), second.run_id))
     assert sorted(changed.column("id").to_pylist()) == list(range(50, ORDERS + 1, 50))
-    assert second.partitions == 1 and sync(settings, database, spec_text(database.url, tables)).rows == 0
+    assert second.partitions == 1 and sync(settings, database, spec_text(shop_customers.url, tables)).rows == 0
 
 
 def test_a_query_that_does_not_compile_is_named_with_the_servers_words(shop, settings, database, vault):
-    url = database.url.replace("postgres@", "postgres:hunter2secret@")  # trust auth: the password is not checked
+    url = shop.url.replace("postgres@", "postgres:hunter2secret@")  # trust auth: the password is not checked
     vault.set("src_url", url)
     tables = '    - {name: bad, query: "select o.id, o.nope from shop.orders o", primary_key: [id]}\n'
     with pytest.raises(RunFailed, match=r"stream bad: its query does not compile on postgresql://postgres:\*\*\*@"
@@ -291,21 +310,21 @@ def test_a_query_that_does_not_compile_is_named_with_the_servers_words(shop, set
     tables = '    - {name: orders2, query: "select id from shop.orders", cursor: updated_at}\n'
     with pytest.raises(RunFailed, match=r"cursor column 'updated_at' does not exist in the query of stream orders2; "
                                         r"its columns: id"):
-        sync(settings, database, spec_text(database.url, tables))
+        sync(settings, database, spec_text(shop.url, tables))
 
 
 def test_a_query_stream_that_would_write_fails_and_the_source_keeps_every_row(shop, settings, database):
     """Source sessions are read-only (issue 15): a query that passes the spec's SELECT check but writes through a
     function with side effects is refused by the server, whether planning or reading runs it, and nothing is
     deleted at the source."""
-    with psycopg.connect(database.url, autocommit=True) as conn:
+    with psycopg.connect(shop.url, autocommit=True) as conn:
         conn.execute("create function shop.purge(bigint) returns bigint language sql volatile as"
                      " 'delete from shop.orders where id = $1 returning id'")
-    before = source(database)
+    before = source(shop)
     tables = '    - {name: sneaky, query: "select o.id, shop.purge(o.id) as gone from shop.orders o", primary_key: [id]}\n'
     with pytest.raises(RunFailed, match=r"cannot execute DELETE in a read-only transaction"):
-        sync(settings, database, spec_text(database.url, tables, mode="full"))
-    assert source(database) == before
+        sync(settings, database, spec_text(shop.url, tables, mode="full"))
+    assert source(shop) == before
 
 
 def test_a_stream_is_a_table_or_a_named_query():
@@ -319,10 +338,10 @@ def test_a_stream_is_a_table_or_a_named_query():
         parse_spec(spec_text("postgresql://u@localhost/db", '    - {name: x, query: "delete from t"}\n'))
 
 
-def test_a_query_stream_on_sqlite_and_mariadb(settings, database, tmp_path, mariadb):
+def test_a_query_stream_on_sqlite_and_mariadb(settings, database, mariadb):
     import sqlite3
 
-    path = tmp_path / "shop.db"
+    path = sqlite_path(settings)
     with sqlite3.connect(path) as conn:
         conn.execute("create table orders (id integer primary key, updated_at text not null, note text)")
         conn.executemany("insert into orders values (?, ?, ?)",
@@ -330,7 +349,7 @@ def test_a_query_stream_on_sqlite_and_mariadb(settings, database, tmp_path, mari
     query = "select id, updated_at, upper(note) as note from orders where note like 'n1%'"
     tables = f'    - {{name: q, query: "{query}", cursor: updated_at, primary_key: [id]}}\n'
     result = sync(settings, database, spec_text(f"sqlite:///{path}", tables, partition_rows=1_000))
-    got = bronze_postgres(database.url, "raw_src_q")
+    got = pg_bronze(database, "q")
     assert result.rows == got.num_rows == len([i for i in range(1, 3_001) if i % 7 == 1])
     assert set(got.column("note").to_pylist()) == {"N1"}
 
@@ -344,10 +363,26 @@ def test_a_query_stream_on_sqlite_and_mariadb(settings, database, tmp_path, mari
     query = "select id, updated_at, amount * 2 as doubled, note from orders where note like 'n1%'"
     tables = f'    - {{name: m, query: "{query}", cursor: updated_at, primary_key: [id]}}\n'
     result = sync(settings, database, spec_text(f"{MARIADB}/{name}", tables, partition_rows=1_000))
-    delta = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_src_m")
+    delta = delta_bronze(settings, "m")
     assert result.rows == delta.num_rows == 429
     row = delta.filter(pa.compute.equal(delta.column("id"), 8)).to_pylist()[0]
     assert row["doubled"] == decimal.Decimal("16.50") and row["note"] == "n1"
+
+
+def test_a_mariadb_query_that_would_write_fails_and_the_source_keeps_every_row(mariadb, settings, database):
+    """MySQL/MariaDB sessions are read-only too: a query calling a function that deletes fails, nothing goes."""
+    name, conn = mariadb
+    with conn.cursor() as cur:
+        cur.execute("create table orders (id bigint primary key, note varchar(10))")
+        cur.executemany("insert into orders values (%s, %s)", [(i, f"n{i}") for i in range(1, 101)])
+        cur.execute("create function wipe(k bigint) returns bigint not deterministic modifies sql data"
+                    " begin delete from orders where id = k; return k; end")
+    tables = '    - {name: sneaky, query: "select id, wipe(id) as gone from orders", primary_key: [id]}\n'
+    with pytest.raises(RunFailed, match=r"(?i)read.only transaction"):
+        sync(settings, database, spec_text(f"{MARIADB}/{name}", tables, mode="full"))
+    with conn.cursor() as cur:
+        cur.execute("select count(*) from orders")
+        assert cur.fetchone() == (100,)
 
 
 def test_a_query_stream_cannot_follow_the_write_ahead_log():

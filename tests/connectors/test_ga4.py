@@ -19,6 +19,7 @@ import ray
 from engine.core.errors import RunDeferred
 from tests.emulators.harness import EmulatorProcess
 from tests.support.syncing import sync
+from layers.addressing import Address
 from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -65,6 +66,11 @@ source:
 """
 
 
+WEB = Address("local", "dev", "web")
+"""The instance every spec here is: stream `traffic` lands in `bronze_dev.raw_web_traffic`."""
+TRAFFIC = f"{WEB.schema('bronze')}.{WEB.bronze_table('traffic')}"
+
+
 def truth(ga: EmulatorProcess, days: list[date]) -> set[tuple[Any, ...]]:
     """Every (property, date, dimensions..., metrics...) row GA4 would report now for these days."""
     out = set()
@@ -97,11 +103,12 @@ def days_back(n: int) -> list[date]:
 def test_one_partition_per_property_and_day_with_typed_metrics_then_lookback(ga, settings, database):
     first = sync(settings, database, spec_text(ga.url, page_size=10))
     assert first.status == "succeeded" and first.partitions == len(PROPERTIES) * DAYS
-    pg = bronze_postgres(database.url, "raw_web_traffic")
+    pg = bronze_postgres(database.url, TRAFFIC)
     assert loaded(pg) == truth(ga, days_back(DAYS))
     assert pg.schema.field("activeUsers").type == pa.int64() and pg.schema.field("bounceRate").type == pa.float64()
     assert_exactly_once_per_extraction(pg, ("property_id", *DIMENSIONS))
-    assert loaded(bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_web_traffic")) == loaded(pg)
+    traffic = bronze_delta(WEB.delta_uri(settings.lakehouse_uri, "bronze", WEB.bronze_table("traffic")))
+    assert loaded(traffic) == loaded(pg)
     reports = [e for e in ga.log() if e["path"].endswith(":runReport")]
     assert len(reports) > len(PROPERTIES) * DAYS, "days of tens of rows read in pages of 10 need several requests"
 
@@ -111,7 +118,7 @@ def test_one_partition_per_property_and_day_with_typed_metrics_then_lookback(ga,
     second = sync(settings, database, spec_text(ga.url))
     assert second.status == "succeeded" and second.partitions == len(PROPERTIES) * 3  # today and 2 days back
     recent = days_back(3)
-    latest = loaded(bronze_postgres(database.url, "raw_web_traffic"), second.run_id)
+    latest = loaded(bronze_postgres(database.url, TRAFFIC), second.run_id)
     assert latest == truth(ga, recent)
     asked = {e["body"]["dateRanges"][0]["startDate"] for e in ga.log() if e["path"].endswith(":runReport")}
     assert asked == {d.isoformat() for d in recent}
@@ -144,6 +151,6 @@ def test_spent_daily_quota_defers_the_run_and_the_next_run_resumes(ga, settings,
             ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
     resumed = sync(settings, database, text)
     assert resumed.status == "succeeded"
-    pg = bronze_postgres(database.url, "raw_web_traffic")
+    pg = bronze_postgres(database.url, TRAFFIC)
     assert loaded(pg) == truth(ga, days_back(DAYS))
     assert_exactly_once_per_extraction(pg, ("property_id", *DIMENSIONS))

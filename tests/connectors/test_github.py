@@ -21,7 +21,7 @@ import pytest
 from engine.core.errors import RunDeferred, RunFailed
 from tests.emulators.harness import EmulatorProcess
 from tests.support.cli import env_for, ipai
-from tests.support.github import issue_truth, loaded, pr_truth, pull_numbers, truth
+from tests.support.github import GH, bronze_table, bronze_uri, issue_truth, loaded, pr_truth, pull_numbers, truth
 from tests.support.syncing import sync
 from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
@@ -85,7 +85,7 @@ def test_full_then_incremental_sync_of_every_stream(gh, settings, database):
     assert first.rows_by_stream["commits"] == 300
     assert first.rows_by_stream["issue_comments"] > 0
     for stream in ("issues", "pull_requests", "issue_comments", "commits"):
-        table = bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_gh_{stream}")
+        table = bronze_delta(bronze_uri(settings.lakehouse_uri, stream))
         assert table.num_rows == first.rows_by_stream[stream]
         assert_exactly_once_per_extraction(table, ("sha",) if stream == "commits" else ("id",))
         assert cursor(database, stream) is not None
@@ -170,7 +170,7 @@ def test_malformed_page_fails_its_partition_and_keeps_committed_ones(gh, setting
     again = sync(settings, database, text)
     assert again.status == "succeeded"
     assert loaded(database, "issues") == issue_truth(gh, REPOS)
-    bronze = bronze_postgres(database.url, "raw_gh_issues")
+    bronze = bronze_postgres(database.url, bronze_table("issues"))
     assert_exactly_once_per_extraction(bronze, ("id",))
     # What the failed run recorded stayed (its bronze rows may be more: data written but not yet recorded
     # when it failed is kept too, and skipped on replay), and the next run read only the rest.
@@ -194,8 +194,8 @@ def test_quota_exhaustion_defers_the_run_and_the_next_run_resumes(gh, settings, 
     resumed = sync(settings, database, text)
     assert resumed.status == "succeeded"
     assert loaded(database, "issues") == issue_truth(gh, REPOS)
-    assert_exactly_once_per_extraction(bronze_postgres(database.url, "raw_gh_issues"), ("id",))
-    assert_exactly_once_per_extraction(bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_gh_issues"), ("id",))
+    assert_exactly_once_per_extraction(bronze_postgres(database.url, bronze_table("issues")), ("id",))
+    assert_exactly_once_per_extraction(bronze_delta(bronze_uri(settings.lakehouse_uri, "issues")), ("id",))
 
 
 def test_records_inserted_and_updated_between_pages_are_not_lost(gh, settings, database):
@@ -280,7 +280,8 @@ def test_the_token_never_reaches_logs_errors_or_data(gh, settings, database):
     with psycopg.connect(database.url) as conn:
         tables = [f"{s}.{t}" for s, t in conn.execute(
             "select table_schema, table_name from information_schema.tables"
-            " where table_schema in ('public', 'bronze')").fetchall()]
+            " where table_schema in ('public', %s)", (GH.schema("bronze"),)).fetchall()]
+        assert bronze_table("issues") in tables, "the search missed bronze"
         for table in tables:
             hits = conn.execute(f"select count(*) from {table} t where t::text like %s", (f"%{TOKEN}%",)).fetchone()
             assert hits[0] == 0, f"the token is in {table}"
@@ -315,7 +316,7 @@ def test_an_organisation_lists_its_repositories_and_each_becomes_a_partition(gh,
     result = sync(settings, database, text)
     assert result.rows_by_stream["repositories"] == 2
     assert loaded(database, "issues") == issue_truth(gh, REPOS)
-    assert set(bronze_postgres(database.url, "raw_gh_issues").column("repo").to_pylist()) == set(REPOS)
+    assert set(bronze_postgres(database.url, bronze_table("issues")).column("repo").to_pylist()) == set(REPOS)
     assert any(e["path"] == "/orgs/acme/repos" for e in gh.log())
 
 

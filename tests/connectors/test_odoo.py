@@ -27,6 +27,7 @@ from connectors.odoo.api import shift
 from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorProcess
 from tests.support.syncing import sync
+from layers.addressing import Address
 from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -57,11 +58,12 @@ JSON2 = "  mode: json2\n  api_key: {secret: odoo_key}\n"
 
 
 @pytest.fixture
-def odoo_db(database: Any) -> Any:
-    """A small Odoo database (about 130 partners, 60 moves, 40 orders, 20 product templates)."""
-    with psycopg.connect(database.url) as conn:
+def odoo_db(source_database: Any) -> Any:
+    """A small Odoo database (about 130 partners, 60 moves, 40 orders, 20 product templates), beside the control
+    plane's (a source may not read the control-plane database as the platform)."""
+    with psycopg.connect(source_database.url) as conn:
         odoo_schema.create(conn, "public", partners=120, moves=60, orders=40, products=20, seed=5)
-    return database
+    return source_database
 
 
 @pytest.fixture
@@ -80,7 +82,15 @@ def source(database: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
 
 
 def bronze(settings: Any, name: str, stream: str) -> pa.Table:
-    return bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_{name}_{stream}")
+    """Delta bronze of `stream` of the instance `name` (env dev, as every spec here)."""
+    at = Address("local", "dev", name)
+    return bronze_delta(at.delta_uri(settings.lakehouse_uri, "bronze", at.bronze_table(stream)))
+
+
+def bronze_in_postgres(database: Any, name: str, stream: str) -> pa.Table:
+    """Postgres bronze of `stream` of the instance `name` (env dev): `bronze_dev.raw_<name>_<stream>`."""
+    at = Address("local", "dev", name)
+    return bronze_postgres(database.url, f"{at.schema('bronze')}.{at.bronze_table(stream)}")
 
 
 def of_run(table: pa.Table, run_id: str) -> pa.Table:
@@ -95,48 +105,48 @@ def ids(table: pa.Table) -> list[int]:
 
 
 def test_direct_full_then_incremental_with_a_write_date_tie_across_the_bound(odoo_db, settings, database):
-    text = spec("erp", direct(database.url, "  lookback_s: 60\n"), streams=("res_partner", "account_move_line"))
+    text = spec("erp", direct(odoo_db.url, "  lookback_s: 60\n"), streams=("res_partner", "account_move_line"))
     first = sync(settings, database, text)
     partners = bronze(settings, "erp", "res_partner")
-    assert ids(partners) == [r[0] for r in source(database, "select id from res_partner order by id")]
+    assert ids(partners) == [r[0] for r in source(odoo_db, "select id from res_partner order by id")]
     assert first.partitions >= 3 + 3, "id ranges of about 50 rows"
     assert partners.schema.field("write_date").type == pa.timestamp("us", tz="UTC")  # naive UTC in Odoo
     assert partners.schema.field("customer_rank").type == pa.int32()
     lines = bronze(settings, "erp", "account_move_line")
     assert lines.schema.field("balance").type == pa.decimal128(38, 10)  # unconstrained numeric
-    assert ids(lines) == [r[0] for r in source(database, "select id from account_move_line order by id")]
+    assert ids(lines) == [r[0] for r in source(odoo_db, "select id from account_move_line order by id")]
     bound = max(partners.column("write_date").to_pylist())
     cursor = next(t.cursor for t in first.tables if t.stream == "res_partner")
     assert cursor == bound.replace(tzinfo=None).isoformat(timespec="microseconds")
 
     # Between runs: two partners are edited, and a transaction that began at the bound commits late: its
     # row carries write_date == the bound, which the first run's window (.., bound] could not see.
-    with psycopg.connect(database.url) as conn:
+    with psycopg.connect(odoo_db.url) as conn:
         odoo_schema.touch(conn, "res_partner", [12, 13])
-        late = source(database, "select min(id) from res_partner where write_date < %s", (bound.replace(tzinfo=None),))
+        late = source(odoo_db, "select min(id) from res_partner where write_date < %s", (bound.replace(tzinfo=None),))
         odoo_schema.set_write_date(conn, "res_partner", [late[0][0]], bound)
     second = sync(settings, database, text)
     got = of_run(bronze(settings, "erp", "res_partner"), second.run_id)
     lookback = bound.replace(tzinfo=None) - timedelta(seconds=60)
-    expected = [r[0] for r in source(database, "select id from res_partner where write_date > %s order by id",
+    expected = [r[0] for r in source(odoo_db, "select id from res_partner where write_date > %s order by id",
                                      (lookback,))]
     assert ids(got) == expected and {12, 13, late[0][0]} <= set(expected)
-    rank = source(database, "select customer_rank from res_partner where id = 12")[0][0]
+    rank = source(odoo_db, "select customer_rank from res_partner where id = 12")[0][0]
     assert got.filter(pc.equal(got.column("id"), 12)).column("customer_rank").to_pylist() == [rank]
     for stream in ("res_partner", "account_move_line"):
-        assert_exactly_once_per_extraction(bronze_postgres(database.url, f"raw_erp_{stream}"), ("id",))
+        assert_exactly_once_per_extraction(bronze_in_postgres(database, "erp", stream), ("id",))
 
 
 def test_direct_company_filter_and_translated_names(odoo_db, settings, database):
-    text = spec("fr", direct(database.url, "  companies: [2]\n  lang: fr_FR\n"), mode="full",
+    text = spec("fr", direct(odoo_db.url, "  companies: [2]\n  lang: fr_FR\n"), mode="full",
                 streams=("res_company", "res_partner", "product_template", "product_product"))
     sync(settings, database, text)
     assert ids(bronze(settings, "fr", "res_company")) == [2]
     shared_or_2 = "select id from {} where company_id = 2 or company_id is null order by id"
     for stream in ("res_partner", "product_template"):
-        assert ids(bronze(settings, "fr", stream)) == [r[0] for r in source(database, shared_or_2.format(stream))]
+        assert ids(bronze(settings, "fr", stream)) == [r[0] for r in source(odoo_db, shared_or_2.format(stream))]
     templates = bronze(settings, "fr", "product_template").to_pylist()
-    truth = {i: (n, d) for i, n, d in source(database, "select id, name, description_sale from product_template")}
+    truth = {i: (n, d) for i, n, d in source(odoo_db, "select id, name, description_sale from product_template")}
     for row in templates:
         names, descriptions = truth[row["id"]]
         assert row["name"] == names.get("fr_FR", names["en_US"])  # French, else English
@@ -148,7 +158,7 @@ def test_direct_company_filter_and_translated_names(odoo_db, settings, database)
     by_template = {r["id"]: r["name"] for r in templates}
     assert variants and all(v["name"] == by_template[v["product_tmpl_id"]] for v in variants)
     assert ids(bronze(settings, "fr", "product_product")) == [r[0] for r in source(
-        database, "select p.id from product_product p join product_template t on t.id = p.product_tmpl_id"
+        odoo_db, "select p.id from product_product p join product_template t on t.id = p.product_tmpl_id"
                   " where t.company_id = 2 or t.company_id is null order by p.id")]
 
 
@@ -191,12 +201,12 @@ def execute_kw(entry: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     return (args[5][0] if len(args) > 6 and args[5] else []), (args[6] if len(args) > 6 else {})
 
 
-def test_api_reads_equal_direct_reads_over_jsonrpc_with_an_api_key_and_json2(emulator, settings, database):
+def test_api_reads_equal_direct_reads_over_jsonrpc_with_an_api_key_and_json2(emulator, settings, database, odoo_db):
     # Odoo's database keeps fractions of a second that the wire does not show (s.4): partners written in one
     # second are ordered by them, not by id, and the keyset's T = 'HH:MM:SS' ties with all of them.
-    with psycopg.connect(database.url) as conn:
+    with psycopg.connect(odoo_db.url) as conn:
         conn.execute("update res_partner set write_date = write_date + (id * 7919 % 1000) * interval '1 ms'")
-    sync(settings, database, spec("db", direct(database.url), mode="full", streams=COMPARED))
+    sync(settings, database, spec("db", direct(odoo_db.url), mode="full", streams=COMPARED))
     via_rpc = sync(settings, database, spec("rpc", api(emulator.url, JSONRPC_KEY), streams=COMPARED))
     assert via_rpc.status == "succeeded"
     for stream in COMPARED:
@@ -204,11 +214,11 @@ def test_api_reads_equal_direct_reads_over_jsonrpc_with_an_api_key_and_json2(emu
         assert got.num_rows == truth.num_rows > 0, stream
         expected, read = comparable(truth, got)
         assert read == expected, stream
-        assert_exactly_once_per_extraction(bronze_postgres(database.url, f"raw_rpc_{stream}"), ("id",))
+        assert_exactly_once_per_extraction(bronze_in_postgres(database, "rpc", stream), ("id",))
     lines = bronze(settings, "rpc", "account_move_line")
     assert lines.schema.field("move_id").type == pa.int64() and lines.schema.field("write_date").type == \
         pa.timestamp("us", tz="UTC")
-    names = dict(source(database, "select id, move_name from account_move_line where move_name <> '/'"))
+    names = dict(source(odoo_db, "select id, move_name from account_move_line where move_name <> '/'"))
     assert names and all(r["move_id_name"] == names[r["id"]] for r in lines.to_pylist() if r["id"] in names)
     partners = bronze(settings, "rpc", "res_partner")
     assert pa.types.is_boolean(partners.schema.field("active").type)
@@ -229,16 +239,17 @@ def test_api_reads_equal_direct_reads_over_jsonrpc_with_an_api_key_and_json2(emu
                 streams=("res_partner", "product_product"))
     assert sync(settings, database, text).status == "succeeded"
     assert ids(bronze(settings, "j2", "res_partner")) == [r[0] for r in source(
-        database, "select id from res_partner where company_id = 2 or company_id is null order by id")]
+        odoo_db, "select id from res_partner where company_id = 2 or company_id is null order by id")]
     variants = bronze(settings, "j2", "product_product").to_pylist()
-    names = dict(source(database, "select p.id, coalesce(t.name->>'fr_FR', t.name->>'en_US') from product_product p"
+    names = dict(source(odoo_db, "select p.id, coalesce(t.name->>'fr_FR', t.name->>'en_US') from product_product p"
                                   " join product_template t on t.id = p.product_tmpl_id"
                                   " where t.company_id = 2 or t.company_id is null"))
     assert {v["id"]: v["name"] for v in variants} == names
     assert {e["path"].split("/")[3] for e in emulator.log()} == {"res.partner", "product.product"}
 
 
-def test_records_written_between_pages_are_read_by_the_next_run_and_5xx_are_retried(emulator, settings, database):
+def test_records_written_between_pages_are_read_by_the_next_run_and_5xx_are_retried(emulator, settings, database,
+                                                                                    odoo_db):
     extra = "  lookback_s: 0\n  retry: {initial_s: 0.05, max_s: 0.2}\n"
     text = spec("rpc", api(emulator.url, JSONRPC_PASSWORD, extra), streams=("res_partner",))
     emulator.set_faults(page_write={"every": 2, "times": 4, "count": 2, "action": "touch"},
@@ -248,21 +259,21 @@ def test_records_written_between_pages_are_read_by_the_next_run_and_5xx_are_retr
     emulator.clear_faults()
     second = sync(settings, database, text)
     table = bronze(settings, "rpc", "res_partner")
-    assert_exactly_once_per_extraction(bronze_postgres(database.url, "raw_rpc_res_partner"), ("id",))
+    assert_exactly_once_per_extraction(bronze_in_postgres(database, "rpc", "res_partner"), ("id",))
     bound = first.tables[0].cursor  # exclusive: one second past the newest write_date seen while planning
-    touched = [r[0] for r in source(database, "select id from res_partner where write_date >= %s order by id",
+    touched = [r[0] for r in source(odoo_db, "select id from res_partner where write_date >= %s order by id",
                                     (bound,))]
     assert 4 <= len(touched) <= 8 and ids(of_run(table, second.run_id)) == touched, "moved past the bound: next run"
     assert set(ids(of_run(table, first.run_id))) | set(touched) == {r[0] for r in source(
-        database, "select id from res_partner")}, "nothing lost"
+        odoo_db, "select id from res_partner")}, "nothing lost"
     latest: dict[int, datetime] = {}
     for i, ts in zip(table.column("id").to_pylist(), table.column("write_date").to_pylist()):
         latest[i] = max(ts, latest.get(i, ts))
     assert latest == {i: ts.replace(tzinfo=timezone.utc) for i, ts in source(
-        database, "select id, write_date from res_partner")}
+        odoo_db, "select id, write_date from res_partner")}
 
 
-def test_a_web_session_that_expires_logs_in_again_and_errors_name_the_model(emulator, settings, database):
+def test_a_web_session_that_expires_logs_in_again_and_errors_name_the_model(emulator, settings, database, odoo_db):
     from types import SimpleNamespace
 
     from connectors.httpkit.egress import EgressPolicy
@@ -292,7 +303,7 @@ def test_a_web_session_that_expires_logs_in_again_and_errors_name_the_model(emul
     text = spec("web", api(emulator.url, SESSION, fields), streams=("sale_order",))
     assert sync(settings, database, text).status == "succeeded"
     orders = bronze(settings, "web", "sale_order")
-    assert ids(orders) == [r[0] for r in source(database, "select id from sale_order")]
+    assert ids(orders) == [r[0] for r in source(odoo_db, "select id from sale_order")]
     assert [n for n in orders.column_names if not n.startswith("_ipai")] == [
         "id", "name", "partner_id", "partner_id_name", "amount_total", "state", "write_date"]
     assert {e["path"].split("/")[2] for e in emulator.log() if e["path"] != "/jsonrpc"} >= {"session", "dataset"}

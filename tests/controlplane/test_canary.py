@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import ray
 
+from layers.addressing import Address
 from tests.emulators.harness import EmulatorProcess
 from tests.emulators.requestlog import credential_id
 from tests.support.canary import Sinks, forms
@@ -87,14 +88,16 @@ def test_a_canary_secret_never_reaches_any_sink(tmp_path, settings, database):
     node = ray._private.worker._global_node  # the session's Ray, started by this process
     assert node is not None
     ray_logs = Path(node.get_session_dir_path()) / "logs"
+    gh_ok = Address("local", "dev", "gh_ok")  # its spec leaves env at the default, dev
+    issues = (gh_ok.schema("bronze"), gh_ok.bronze_table("issues"))
     sinks = Sinks(database.url, outputs, tables={("vault", "secrets"), ("public", "connector_run_logs"),
-                                                 ("public", "connector_runs"), ("bronze", "raw_gh_ok_issues")})
+                                                 ("public", "connector_runs"), issues})
     secret_forms = forms(canary)
     assert len(secret_forms) >= 4 and canary.encode() in secret_forms
 
     # Every search sees its sink: known strings that are not secret are found where they must be.
     assert any("connector_run_logs" in h for h in sinks.database([b"github_token"])), "the search missed the logs"
-    assert any("raw_gh_ok_issues" in h for h in sinks.database([b"acme/repo2"])), "the search missed bronze"
+    assert any(".".join(issues) in h for h in sinks.database([b"acme/repo2"])), "the search missed bronze"
     probe = b"probe-" + canary[::-1].encode()  # no bytea column holds data yet: a probe row proves that search
     with database.connect() as conn:
         conn.execute("create table public.grep_probe (b bytea)")

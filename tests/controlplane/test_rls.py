@@ -50,9 +50,10 @@ MEMBER = {
     "webhook_deliveries":    ("own", "none", "none",   "none"),
     "pipeline_runs":         ("own", "none", "none",   "none"),
     "ipai_api_tokens":       ("none", "none", "none",  "none"),
+    "ipai_data_locations":   ("own", "none", "none",   "none"),
 }
 WORKER = {
-    "ipai_tenants":          ("none", "none", "none",   "none"),
+    "ipai_tenants":          ("all",  "none", "none",   "none"),  # names address the tenants' tables
     "ipai_tenant_members":   ("none", "none", "none",   "none"),
     "connector_definitions": ("all",  "none", "none",   "none"),
     "connector_instances":   ("all",  "none", "none",   "none"),
@@ -63,6 +64,7 @@ WORKER = {
     "webhook_deliveries":    ("all",  "all",  "none",   "none"),
     "pipeline_runs":         ("none", "none", "none",   "none"),
     "ipai_api_tokens":       ("none", "none", "none",   "none"),
+    "ipai_data_locations":   ("all",  "none", "none",   "none"),  # claimed through ipai.claim_locations only
 }
 NOTHING = {table: ("none", "none", "none", "none") for table in MEMBER}
 
@@ -96,6 +98,10 @@ PIPELINE_RUN = ("insert into pipeline_runs (tenant_id, name, source, base_dir, d
 API_TOKEN = ("insert into ipai_api_tokens (tenant_id, name, token_sha256) values (%(tenant)s,"
              " 'probe-' || left(gen_random_uuid()::text, 8), encode(sha256(gen_random_uuid()::text::bytea), 'hex'))")
 
+DATA_LOCATION = ("insert into ipai_data_locations (location, tenant_id, instance_id, env, source_type, stream, layer,"
+                 " table_name) values ('probe:' || gen_random_uuid(), %(tenant)s, %(instance)s, 'dev', 'sample',"
+                 " 'probe', 'bronze', 'raw_probe')")
+
 TABLES = {t.name: t for t in (
     Table("ipai_tenants", "insert into ipai_tenants (name) values ('probe_' || left(%(tenant)s::text, 8))",
           touch="name = name", tenant_column="id"),
@@ -126,6 +132,7 @@ TABLES = {t.name: t for t in (
     Table("webhook_deliveries", WEBHOOK_DELIVERY, touch="error = error"),
     Table("pipeline_runs", PIPELINE_RUN, touch="error = error"),
     Table("ipai_api_tokens", API_TOKEN, touch="name = name"),
+    Table("ipai_data_locations", DATA_LOCATION, touch="stream = stream"),
 )}
 
 
@@ -190,7 +197,7 @@ def seed_tenant(conn: psycopg.Connection[Any], name: str) -> Tenant:
         conn.execute("insert into connector_run_logs (run_id, level, event, message) values (%s, 'info', 'run.started', 'started')",
                      (r,))
     ids = {"tenant": tenant, "instance": instance, "run": run}
-    for statement in (WEBHOOK_DELIVERY, PIPELINE_RUN, API_TOKEN):
+    for statement in (WEBHOOK_DELIVERY, PIPELINE_RUN, API_TOKEN, DATA_LOCATION):
         conn.execute(statement, ids)
     return Tenant(tenant, member, definition, instance, run, active_run)
 

@@ -21,7 +21,7 @@ from engine.run.localray import head_processes
 from engine.run.driver import RunOptions, prepare_run
 from connectors.specload import parse_spec
 from tests.support.cli import env_for, ipai
-from tests.support.truth import bronze_postgres, source_rows
+from tests.support.truth import bronze_postgres, bronze_table, bronze_uri, source_rows
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -53,12 +53,14 @@ def test_submit_wait_lands_data_and_runs_logs_state_report_it(tmp_path, settings
     env = env_for(settings)
     spec_path = write_spec(tmp_path)
     done = ipai("submit", str(spec_path), "--wait", env=env)
-    assert "bronze.raw_cli_orders" in done.stdout
-    assert f"{settings.lakehouse_uri}/bronze/raw_cli_orders" in done.stdout
-    truth = source_rows(parse_spec(spec_path.read_text()), "orders")
-    assert bronze_postgres(settings.database_url, "raw_cli_orders").num_rows == truth.num_rows
+    spec = parse_spec(spec_path.read_text())
+    orders = bronze_table(spec, "orders")
+    assert orders == "bronze_dev.raw_cli_orders" and orders in done.stdout
+    assert bronze_uri(spec, "orders", settings.lakehouse_uri) in done.stdout
+    truth = source_rows(spec, "orders")
+    assert bronze_postgres(settings.database_url, orders).num_rows == truth.num_rows
 
-    counted = ipai("sql", "select count(*) as n from bronze.raw_cli_orders", env=env).stdout
+    counted = ipai("sql", f"select count(*) as n from {orders}", env=env).stdout
     assert f"│ {truth.num_rows} │" in counted
     bad = ipai("sql", "selct 1", env=env, check=False)
     assert bad.returncode == 1 and 'syntax error at or near "selct"' in bad.stderr and "Traceback" not in bad.stderr
@@ -168,7 +170,7 @@ def test_ctrl_c_cancels_the_run_and_the_next_run_resumes(tmp_path, settings):
     ipai("submit", str(spec_path), "--wait", env=env)
     spec = parse_spec(spec_path.read_text())
     for stream in ("customers", "orders", "order_lines"):
-        pg = bronze_postgres(settings.database_url, f"raw_slow_{stream}")
+        pg = bronze_postgres(settings.database_url, bronze_table(spec, stream))
         assert pg.num_rows == source_rows(spec, stream).num_rows  # each row once: nothing lost, nothing twice
 
 
@@ -179,8 +181,9 @@ def test_embedded_postgres_is_used_when_no_database_is_configured(tmp_path, sett
     pgdata = settings.home / "pgdata"
     assert f"embedded PostgreSQL in {pgdata}" in done.stderr
     db = start_embedded(pgdata)
-    truth = source_rows(parse_spec(spec_path.read_text()), "order_lines")
-    assert bronze_postgres(db.url, "raw_emb_order_lines").num_rows == truth.num_rows
+    spec = parse_spec(spec_path.read_text())
+    truth = source_rows(spec, "order_lines")
+    assert bronze_postgres(db.url, bronze_table(spec, "order_lines")).num_rows == truth.num_rows
 
 
 def test_local_ray_head_is_reused_by_submit_and_stops_alone(tmp_path, settings):
@@ -197,7 +200,8 @@ def test_local_ray_head_is_reused_by_submit_and_stops_alone(tmp_path, settings):
         spec_path = write_spec(tmp_path, "head", partition_rows=10_000, extra="streams: [{name: orders}]\n")
         done = ipai("submit", str(spec_path), "--wait", env=env)
         assert f"on Ray at {address}" in done.stderr
-        assert bronze_postgres(settings.database_url, "raw_head_orders").num_rows > 0
+        orders = bronze_table(parse_spec(spec_path.read_text()), "orders")
+        assert bronze_postgres(settings.database_url, orders).num_rows > 0
     finally:
         head = [p.pid for p in head_processes(LocalHead.read(settings.home))]  # type: ignore[arg-type]
         stopped = ipai("ray", "stop", env=env).stdout

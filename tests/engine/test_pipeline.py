@@ -22,7 +22,7 @@ from engine.pipelines.records import pipeline_status
 from engine.pipelines.runner import run_pipeline
 from connectors.specload import load_spec
 from tests.support.cli import base_env, env_for, ipai
-from tests.support.truth import source_rows
+from tests.support.truth import address, bronze_table, silver_table, source_rows
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ def test_two_sample_steps_in_parallel_then_gold(tmp_path, settings, database, ra
     path = write(tmp_path, {
         "pipe.yaml": "pipeline: daily\nsteps:\n  shop: {spec: sample.yaml}\n  b2b: {spec: b2b.yaml}\n"
                      "  gold: {gold: apply, needs: [shop, b2b]}\n",
-        "sample.yaml": tiny("sample"),  # the gold sales views read silver.sample_*
+        "sample.yaml": tiny("sample"),  # the gold sales views cover every sample instance of the env
         "b2b.yaml": tiny("sample_b2b", seed=11),
     })
     events: list[tuple[str, str]] = []
@@ -154,12 +154,16 @@ def test_two_sample_steps_in_parallel_then_gold(tmp_path, settings, database, ra
         assert {r[0] for r in runs} == {steps["shop"]["run_id"], steps["b2b"]["run_id"]}
         assert {r[1] for r in runs} == {"succeeded"} and len({r[2] for r in runs}) == 2
 
-        spec = load_spec(tmp_path / "sample.yaml")
+        spec, b2b = load_spec(tmp_path / "sample.yaml"), load_spec(tmp_path / "b2b.yaml")
         orders = source_rows(spec, "orders").num_rows  # type: ignore[arg-type]
-        counts = conn.execute("select (select count(*) from bronze.raw_sample_orders),"
-                              " (select count(*) from silver.sample_orders), (select count(*) from gold.gold_sales_orders),"
-                              " (select count(*) from bronze.raw_sample_b2b_orders)").fetchone()
-        assert counts == (orders, orders, orders, orders)
+        gold = f"{address(spec).schema('gold')}.gold_sales_orders"
+        counts = conn.execute(
+            f"select (select count(*) from {bronze_table(spec, 'orders')}),"
+            f" (select count(*) from {silver_table(spec, 'orders')}),"
+            f" (select count(*) from {gold} where instance = 'sample'),"
+            f" (select count(*) from {bronze_table(b2b, 'orders')}),"
+            f" (select count(*) from {gold} where instance = 'sample_b2b')").fetchone()
+        assert counts == (orders, orders, orders, orders, orders)  # gold: both instances, each once
         assert steps["shop"]["rows"] == conn.execute(
             "select rows_processed from connector_runs where id = %s", (steps["shop"]["run_id"],)).fetchone()[0]
         assert pipeline_status(conn, status["pipeline_run_id"][:8]) == status

@@ -21,7 +21,7 @@ import pytest
 from engine.run import localray
 from connectors.specload import parse_spec
 from tests.support.cli import base_env, ipai as run_ipai
-from tests.support.truth import bronze_postgres, source_rows
+from tests.support.truth import bronze_postgres, bronze_table, source_rows
 
 pytestmark = pytest.mark.integration  # starts its own Ray head (not the session's ray_cluster)
 
@@ -122,8 +122,9 @@ def test_submit_to_the_jobs_api_runs_the_sync_as_a_ray_job(tmp_path, settings, h
     assert job_id == f"ipai-{run_id}"
     assert f"run {run_id} submitted as Ray job {job_id}" in done.stdout
     assert f"run {run_id} succeeded on Ray job {job_id}" in done.stdout
-    truth = source_rows(parse_spec(spec_path.read_text()), "orders")
-    assert bronze_postgres(settings.database_url, "raw_jobs_orders").num_rows == truth.num_rows
+    spec = parse_spec(spec_path.read_text())
+    truth = source_rows(spec, "orders")
+    assert bronze_postgres(settings.database_url, bronze_table(spec, "orders")).num_rows == truth.num_rows
 
     [listed] = [json.loads(line) for line in ipai("runs", "--json", env=env).stdout.splitlines()]
     assert (listed["id"], listed["ray_job_id"]) == (run_id, job_id)
@@ -157,7 +158,8 @@ def test_a_job_posted_to_the_rest_api_records_its_id_on_the_run(tmp_path, settin
     assert info["status"] == "SUCCEEDED", logs
     [(_, status, recorded, _)] = run_rows(settings.database_url)
     assert (status, recorded) == ("succeeded", job_id)
-    assert bronze_postgres(settings.database_url, "raw_rest_orders").num_rows > 0
+    orders = bronze_table(parse_spec(spec_path.read_text()), "orders")
+    assert bronze_postgres(settings.database_url, orders).num_rows > 0
 
 
 def test_refusals_are_one_clear_message_and_record_nothing(tmp_path, settings, head):

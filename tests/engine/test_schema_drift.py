@@ -19,13 +19,16 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from layers.bronze.writer import Ack, BronzeTarget, BronzeWriteError, BronzeWriter
+from layers.addressing import Address
 from layers.bronze.delta import DeltaBronzeTable
+from layers.bronze.writer import Ack, BronzeTarget, BronzeWriteError, BronzeWriter
 
 RUN_ID = str(uuid.UUID(int=1))
 EXTRACTION_ID = str(uuid.UUID(int=2))
 EXTRACTED_AT = datetime(2026, 11, 1, tzinfo=timezone.utc)
 SYSTEM = ("_ipai_run_id", "_ipai_extraction_id", "_ipai_partition", "_ipai_extracted_at")
+SHOP = Address("local", "dev", "shop")
+"""The instance whose stream `items` the writer writes: `bronze_dev.raw_shop_items`, quarantine beside it."""
 
 
 def partition(columns: dict[str, pa.Array], number: int) -> pa.Table:
@@ -41,7 +44,10 @@ def partition(columns: dict[str, pa.Array], number: int) -> pa.Table:
 
 
 def target(tmp_path: Path, url: str | None, *, delta: bool = True) -> BronzeTarget:
-    return BronzeTarget("raw_shop_items", str(tmp_path / "bronze" / "raw_shop_items") if delta else None, url)
+    """Where a run puts stream `items` of `SHOP`, with `tmp_path` as the lakehouse."""
+    table = SHOP.bronze_table("items")
+    return BronzeTarget(table, SHOP.delta_uri(str(tmp_path), "bronze", table) if delta else None, url,
+                        SHOP.schema("bronze"), quarantine=SHOP.quarantine_table("items"))
 
 
 def delta_rows(uri: str, column: str) -> list[tuple[Any, Any]]:
@@ -53,16 +59,18 @@ def delta_type(uri: str, column: str) -> pa.DataType:
     return pa.schema(DeltaTable(uri).schema().to_arrow()).field(column).type
 
 
-def pg_rows(url: str, table: str, column: str) -> list[tuple[Any, Any]]:
+def pg_rows(url: str, bronze: BronzeTarget, column: str) -> list[tuple[Any, Any]]:
     with psycopg.connect(url) as conn:
-        return sorted(conn.execute(f'select id, "{column}" from bronze."{table}"').fetchall())
+        return sorted(conn.execute(
+            f'select id, "{column}" from "{bronze.postgres_schema}"."{bronze.table}"').fetchall())
 
 
-def pg_type(url: str, table: str, column: str) -> str:
+def pg_type(url: str, bronze: BronzeTarget, column: str) -> str:
     with psycopg.connect(url) as conn:
-        row = conn.execute("select data_type from information_schema.columns where table_schema = 'bronze'"
-                           " and table_name = %s and column_name = %s", (table, column)).fetchone()
-    assert row is not None, f"no column {column} in bronze.{table}"
+        row = conn.execute("select data_type from information_schema.columns where table_schema = %s"
+                           " and table_name = %s and column_name = %s",
+                           (bronze.postgres_schema, bronze.table, column)).fetchone()
+    assert row is not None, f"no column {column} in {bronze.postgres_schema}.{bronze.table}"
     return str(row[0])
 
 
@@ -76,11 +84,13 @@ def held_in_delta(uri: str) -> list[dict[str, Any]]:
     return sorted(table.to_pylist(), key=lambda r: r["_ipai_row"])
 
 
-def held_in_postgres(url: str, table: str) -> list[dict[str, Any]]:
+def held_in_postgres(url: str, bronze: BronzeTarget) -> list[dict[str, Any]]:
+    """The rows the Postgres quarantine table beside `bronze` holds; none when it was never created."""
+    name = f'"{bronze.postgres_schema}"."{bronze.quarantine_table}"'
     with psycopg.connect(url) as conn:
-        if conn.execute("select to_regclass(%s)", (f"bronze.{table}",)).fetchone() == (None,):
+        if conn.execute("select to_regclass(%s)", (name,)).fetchone() == (None,):
             return []
-        cur = conn.execute(f'select * from bronze."{table}"')
+        cur = conn.execute(f"select * from {name}")
         names = [d.name for d in cur.description or []]
         return sorted((dict(zip(names, r, strict=True)) for r in cur.fetchall()), key=lambda r: r["_ipai_row"])
 
@@ -170,12 +180,12 @@ def test_a_drifted_partition_lands_the_same_in_delta_and_postgres(tmp_path, data
     assert (DeltaTable(bronze.delta_uri).version(), held_in_delta(str(bronze.quarantine_delta_uri))) == versions
 
     assert delta_rows(str(bronze.delta_uri), "v") == case.rows
-    assert [(i, from_postgres(v)) for i, v in pg_rows(database.url, bronze.table, "v")] == (case.pg_rows or case.rows)
+    assert [(i, from_postgres(v)) for i, v in pg_rows(database.url, bronze, "v")] == (case.pg_rows or case.rows)
     assert delta_type(str(bronze.delta_uri), "v") == case.delta_type
-    assert pg_type(database.url, bronze.table, "v") == case.pg_type
+    assert pg_type(database.url, bronze, "v") == case.pg_type
 
     for held in (held_in_delta(str(bronze.quarantine_delta_uri)),
-                 held_in_postgres(database.url, bronze.quarantine_table)):
+                 held_in_postgres(database.url, bronze)):
         assert [(json.loads(r["_ipai_row"])["id"], r["_ipai_value"], r["_ipai_reason"]) for r in held] == case.held
         for r in held:
             row = json.loads(r["_ipai_row"])
@@ -198,9 +208,9 @@ def test_new_and_dropped_columns_evolve_both_tables(tmp_path, database):
     assert [(a.rows, a.quarantined) for a in acks] == [(1, 0), (1, 0)]
     for column, expected in (("n", [(1, 10), (2, None), (3, 30)]), ("tag", [(1, None), (2, None), (3, "x")])):
         assert delta_rows(str(bronze.delta_uri), column) == expected
-        assert pg_rows(database.url, bronze.table, column) == expected
-    assert pg_type(database.url, bronze.table, "tag") == "text"
-    assert held_in_delta(str(bronze.quarantine_delta_uri)) == held_in_postgres(database.url, bronze.quarantine_table) == []
+        assert pg_rows(database.url, bronze, column) == expected
+    assert pg_type(database.url, bronze, "tag") == "text"
+    assert held_in_delta(str(bronze.quarantine_delta_uri)) == held_in_postgres(database.url, bronze) == []
 
 
 def test_a_new_table_takes_the_widest_type_of_its_first_batch(tmp_path, database):
@@ -215,9 +225,9 @@ def test_a_new_table_takes_the_widest_type_of_its_first_batch(tmp_path, database
     assert [a.quarantined for a in acks] == [0, 0, 1]
     assert acks[2].reasons == {"column n: string does not fit double": 1}
     expected = [(1, 1.0), (2, 2.5), (3, 4.0)]
-    assert delta_rows(str(bronze.delta_uri), "n") == pg_rows(database.url, bronze.table, "n") == expected
+    assert delta_rows(str(bronze.delta_uri), "n") == pg_rows(database.url, bronze, "n") == expected
     assert delta_type(str(bronze.delta_uri), "n") == pa.float64()
-    assert pg_type(database.url, bronze.table, "n") == "double precision"
+    assert pg_type(database.url, bronze, "n") == "double precision"
 
 
 def test_postgres_alone_widens_its_columns_in_place(tmp_path, database):
@@ -233,12 +243,12 @@ def test_postgres_alone_widens_its_columns_in_place(tmp_path, database):
     finally:
         writer.close()
     assert (ack.quarantined, bad.quarantined) == (0, 1)
-    assert pg_type(database.url, bronze.table, "n") == "double precision"
-    assert pg_type(database.url, bronze.table, "i") == "bigint"
-    assert pg_rows(database.url, bronze.table, "n") == [(1, 1.0), (2, 2.5), (3, 3.0)]
-    assert pg_rows(database.url, bronze.table, "i") == [(1, 1), (2, 2**40), (3, 2)]
-    assert pg_rows(database.url, bronze.table, "s") == [(1, '{"a": 1}'), (2, "text now"), (3, "again")]
-    [held] = held_in_postgres(database.url, bronze.quarantine_table)
+    assert pg_type(database.url, bronze, "n") == "double precision"
+    assert pg_type(database.url, bronze, "i") == "bigint"
+    assert pg_rows(database.url, bronze, "n") == [(1, 1.0), (2, 2.5), (3, 3.0)]
+    assert pg_rows(database.url, bronze, "i") == [(1, 1), (2, 2**40), (3, 2)]
+    assert pg_rows(database.url, bronze, "s") == [(1, '{"a": 1}'), (2, "text now"), (3, "again")]
+    [held] = held_in_postgres(database.url, bronze)
     assert (held["_ipai_column"], held["_ipai_value"], held["_ipai_reason"]) == (
         "n", "n/a", "column n: value 'n/a' (string) does not fit double")
 
@@ -282,12 +292,13 @@ def test_a_crash_between_the_quarantine_and_the_bronze_commit_quarantines_once(t
     # Postgres had committed the partition (rows and quarantine in one transaction); Delta finishes it now.
     assert (ack.delta_written, ack.postgres_written, ack.rows, ack.quarantined) == (True, False, 2, 1)
     assert not again.delta_written and not again.postgres_written
-    assert delta_rows(str(bronze.delta_uri), "n") == pg_rows(database.url, bronze.table, "n") == [(1, 1), (2, 2)]
+    assert delta_rows(str(bronze.delta_uri), "n") == pg_rows(database.url, bronze, "n") == [(1, 1), (2, 2)]
     for held in (held_in_delta(str(bronze.quarantine_delta_uri)),
-                 held_in_postgres(database.url, bronze.quarantine_table)):
+                 held_in_postgres(database.url, bronze)):
         assert [(r["_ipai_column"], r["_ipai_value"]) for r in held] == [("n", "n/a")]
     with psycopg.connect(database.url) as conn:
-        ledger = conn.execute("select commit_id, rows from bronze._ipai_loads order by 1").fetchall()
+        ledger = conn.execute(f'select commit_id, rows from "{bronze.postgres_schema}"._ipai_loads'
+                              " order by 1").fetchall()
     assert ledger == [("e:p0", 1), ("e:p1", 2)]  # the partition's rows: in bronze plus quarantined
 
 
@@ -298,8 +309,10 @@ def test_silver_and_bronze_share_one_quarantine_table(tmp_path, database, silver
     from layers.silver.target import SilverTarget
 
     bronze = target(tmp_path, database.url)
-    silver = SilverTarget(table="shop_items", key=("id",), cursor=None, bronze_table=bronze.table,
-                          quarantine_delta_uri=bronze.quarantine_delta_uri, postgres_url=database.url)
+    silver = SilverTarget(table=SHOP.silver_table("items"), key=("id",), cursor=None, bronze_table=bronze.table,
+                          quarantine_table=bronze.quarantine_table, quarantine_delta_uri=bronze.quarantine_delta_uri,
+                          postgres_url=database.url, postgres_schema=SHOP.schema("silver"),
+                          bronze_postgres_schema=bronze.postgres_schema)
     rows = partition({"id": pa.array([9]), "n": pa.array(["zz"])}, 0).drop_columns(["_ipai_extraction_id",
                                                                                     "_ipai_partition"])
 
@@ -318,6 +331,6 @@ def test_silver_and_bronze_share_one_quarantine_table(tmp_path, database, silver
     if not silver_first:
         silver_sets_aside()
     for held in (held_in_delta(str(bronze.quarantine_delta_uri)),
-                 held_in_postgres(database.url, bronze.quarantine_table)):
+                 held_in_postgres(database.url, bronze)):
         assert sorted(((r["id"], r["_ipai_value"], r["_ipai_partition"]) for r in held), key=lambda r: r[1]) == [
             (None, "n/a", 1), ("9", "zz", None)]

@@ -10,7 +10,8 @@ from engine.controlplane import state
 from connectors.specload import parse_spec
 from tests.support.syncing import sync
 from tests.support.truth import (
-    assert_exactly_once_per_extraction, bronze_delta, bronze_postgres, day_cursor, keys, source_rows,
+    assert_exactly_once_per_extraction, bronze_delta, bronze_postgres, bronze_table, bronze_uri, day_cursor, keys,
+    source_rows,
 )
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -43,7 +44,7 @@ def test_second_incremental_run_extracts_only_new_and_changed_rows(settings, dat
     for stream, pk in (("customers", ("id",)), ("orders", ("id",)), ("order_lines", ("order_id", "line_no"))):
         truth = source_rows(spec20, stream)
         assert first.rows_by_stream[stream] == truth.num_rows
-        pg = bronze_postgres(database.url, f"raw_shop_{stream}")
+        pg = bronze_postgres(database.url, bronze_table(spec20, stream))
         assert sorted(keys(pg, pk)) == sorted(keys(truth, pk))
 
     second, spec25 = sync_day(settings, database, 25)
@@ -51,8 +52,8 @@ def test_second_incremental_run_extracts_only_new_and_changed_rows(settings, dat
         changed = source_rows(spec25, stream, after_day=20)
         assert changed.num_rows > 0, "the sample source must change between day 20 and day 25"
         assert second.rows_by_stream[stream] == changed.num_rows
-        for table in (bronze_postgres(database.url, f"raw_shop_{stream}"),
-                      bronze_delta(f"{settings.lakehouse_uri}/bronze/raw_shop_{stream}")):
+        for table in (bronze_postgres(database.url, bronze_table(spec25, stream)),
+                      bronze_delta(bronze_uri(spec25, stream, settings.lakehouse_uri))):
             assert_exactly_once_per_extraction(table, pk)
             latest = table.filter(pc.equal(table.column("_ipai_run_id"), second.run_id))
             assert sorted(keys(latest, pk)) == sorted(keys(changed, pk))
@@ -68,7 +69,7 @@ def test_second_incremental_run_extracts_only_new_and_changed_rows(settings, dat
 def test_updated_order_carries_its_new_status_in_the_second_extraction(settings, database):
     sync_day(settings, database, 20)
     second, spec25 = sync_day(settings, database, 25)
-    pg = bronze_postgres(database.url, "raw_shop_orders")
+    pg = bronze_postgres(database.url, bronze_table(spec25, "orders"))
     rows = [r for r in pg.to_pylist() if r["_ipai_run_id"] == second.run_id]
     truth = {r["id"]: r["status"] for r in source_rows(spec25, "orders", after_day=20).to_pylist()}
     assert {r["id"]: r["status"] for r in rows} == truth
@@ -88,7 +89,7 @@ def test_bronze_postgres_keeps_source_types_and_compact_system_columns(settings,
     with psycopg.connect(database.url) as conn:
         types = dict(conn.execute(
             "select column_name, data_type from information_schema.columns"
-            " where table_schema = 'bronze' and table_name = 'raw_shop_orders'").fetchall())
+            " where table_schema = 'bronze_dev' and table_name = 'raw_shop_orders'").fetchall())
     assert types["amount"] == "numeric" and types["updated_at"] == "timestamp with time zone"
     assert types["_ipai_run_id"] == types["_ipai_extraction_id"] == "uuid"
     assert types["_ipai_partition"] == "integer"

@@ -31,7 +31,8 @@ from engine.controlplane.settings import Settings
 from engine.controlplane.db import Database
 from engine.controlplane.vault import set_secret
 from connectors.specload import parse_spec
-from layers.gold.apply import DEFAULT_DIRECTORY, apply_gold, list_gold, load_gold
+from engine.controlplane.gold import scope_for
+from layers.gold.apply import DEFAULT_DIRECTORY, GoldScope, apply_gold, list_gold, load_gold
 from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorProcess
 from tests.support.cli import base_env
@@ -67,14 +68,17 @@ class Lake:
     sample_today: int
     deleted: dict[str, tuple[Any, ...]]
     """Per silver table of DELETE_ONE, the key of the row marked deleted."""
+    source: Database
+    """Where Odoo's tables are (schema odoo_src)."""
 
-    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.db.url) as conn:
+    def rows(self, query: str, params: Any = None, *, db: Database | None = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect((db or self.db).url) as conn:
             return conn.execute(query, params).fetchall()
 
 
 def _sync(db: Database, settings: Settings, text: str) -> None:
-    text = "layers: [bronze, silver]\n" + text.lstrip("\n")  # silver is what gold reads
+    # silver is what gold reads; prod, so the tables are the plain bronze.raw_x, silver.x and gold.x
+    text = "env: prod\nlayers: [bronze, silver]\n" + text.lstrip("\n")
     result = sync(settings, db, text)
     assert result.status == "succeeded", result
 
@@ -119,8 +123,9 @@ source:
 """)
 
 
-def _sync_odoo(db: Database, settings: Settings) -> None:
-    with psycopg.connect(db.url) as conn:
+def _sync_odoo(db: Database, settings: Settings, source: Database) -> None:
+    """Odoo's tables in a database of their own: a source is never the control plane's database."""
+    with psycopg.connect(source.url) as conn:
         odoo_schema.create(conn, "odoo_src", partners=80, moves=160, orders=5, products=10, seed=11)
         # The generated invoices are all long past due; move some open ones' due dates around today, as a
         # user editing them in Odoo would, so that every aging bucket has something.
@@ -134,7 +139,7 @@ def _sync_odoo(db: Database, settings: Settings) -> None:
     _sync(db, settings, f"""
 name: odoo
 source_type: odoo
-source: {{mode: postgres, url: "{db.url}", db_schema: odoo_src, partition_rows: 100}}
+source: {{mode: postgres, url: "{source.url}", db_schema: odoo_src, partition_rows: 100}}
 streams: [{{name: res_company}}, {{name: res_partner}}, {{name: account_move}}]
 """)
 
@@ -142,7 +147,7 @@ streams: [{{name: res_company}}, {{name: res_partner}}, {{name: account_move}}]
 @pytest.fixture(scope="module")
 def lake(admin_url: str, ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     """A migrated database with bronze and silver from real syncs of all four sources."""
-    with scratch_database(admin_url) as db:
+    with scratch_database(admin_url) as db, scratch_database(admin_url) as source:
         migrated(db)
         tmp = tmp_path_factory.mktemp("gold")
         settings = Settings(home=tmp / "home", database_url=db.url, lakehouse_uri=str(tmp / "lakehouse"),
@@ -155,10 +160,10 @@ def lake(admin_url: str, ray_cluster: None, tmp_path_factory: pytest.TempPathFac
             # The four instances sync side by side (a run's time here is mostly fixed costs, not work).
             with ThreadPoolExecutor(4) as pool:
                 for done in [pool.submit(_sync_sample, db, settings), pool.submit(_sync_github, db, settings),
-                             pool.submit(_sync_ga4, db, settings), pool.submit(_sync_odoo, db, settings)]:
+                             pool.submit(_sync_ga4, db, settings), pool.submit(_sync_odoo, db, settings, source)]:
                     done.result()
         deleted = _mark_deleted(db)
-        yield Lake(db, settings, 20, deleted)
+        yield Lake(db, settings, 20, deleted, source)
 
 
 def _mark_deleted(db: Database) -> dict[str, tuple[Any, ...]]:
@@ -179,7 +184,12 @@ def _mark_deleted(db: Database) -> dict[str, tuple[Any, ...]]:
 def applied(lake: Lake) -> Any:
     """The shipped views, applied once for the module."""
     with lake.db.connect() as conn:
-        return apply_gold(conn)
+        return apply_gold(conn, scope=prod_scope(conn))
+
+
+def prod_scope(conn: psycopg.Connection[Any]) -> GoldScope:
+    """The default tenant's prod scope, with the silver tables the registry knows on this server."""
+    return scope_for(conn, conn.info.dsn, tenant="local", env="prod")
 
 
 def view_rows(lake: Lake, view: str, columns: str = "*") -> list[dict[str, Any]]:
@@ -295,13 +305,13 @@ def _bucket(open_amount: Decimal, due: date | None, today: date) -> tuple[int, s
 
 def test_finance_invoices_and_receivables_aging_from_the_odoo_tables(lake, applied):
     today = today_in_db(lake)
-    partners = dict(lake.rows("select id, name from odoo_src.res_partner"))
-    companies = dict(lake.rows("select id, name from odoo_src.res_company"))
+    partners = dict(lake.rows("select id, name from odoo_src.res_partner", db=lake.source))
+    companies = dict(lake.rows("select id, name from odoo_src.res_company", db=lake.source))
     moves = lake.rows(
         "select id, name, move_type, company_id, commercial_partner_id, invoice_date_due, amount_total_signed,"
         " amount_residual_signed from odoo_src.account_move where state = 'posted'"
         " and move_type in ('out_invoice', 'out_refund', 'in_invoice', 'in_refund') and id <> %s",
-        lake.deleted["odoo_account_move"])
+        lake.deleted["odoo_account_move"], db=lake.source)
     expected = {}
     for mid, number, kind, company, partner, due, total, residual in moves:
         late, bucket = _bucket(residual, due, today)
@@ -370,12 +380,14 @@ def test_sales_orders_join_customers_and_lines_and_roll_up_by_day(lake, applied)
 # -- bad definitions --------------------------------------------------------------------------------------
 
 
-def write_view(folder: Path, name: str, query: str, columns: dict[str, str] | None, *, description: str = "A test view.") -> None:
+def write_view(folder: Path, name: str, query: str, columns: dict[str, str] | None, *, description: str = "A test view.",
+               source_type: str | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.sql").write_text(query)
     if columns is not None:
         listed = "".join(f"  - name: {c}\n    description: {d}\n" for c, d in columns.items())
-        (folder / f"{name}.yaml").write_text(f"description: {description}\ncolumns:\n{listed}")
+        typed = f"source_type: {source_type}\n" if source_type else ""
+        (folder / f"{name}.yaml").write_text(f"description: {description}\n{typed}columns:\n{listed}")
 
 
 @pytest.fixture
@@ -397,7 +409,7 @@ def test_broken_sql_names_file_line_and_message_and_the_rest_still_apply(lake, t
                                              "group by status\n", STATUS_COLUMNS)
     write_view(first, "gold_test_customers", "select id from silver.sample_customers", {"id": "Customer id."})
     with lake.db.connect() as conn:
-        assert apply_gold(conn, first).applied == ("gold_test_by_status", "gold_test_customers")
+        assert apply_gold(conn, first, prod_scope(conn)).applied == ("gold_test_by_status", "gold_test_customers")
         before = conn.execute("select * from gold.gold_test_by_status order by 1").fetchall()
 
     second = tmp_path / "v2"
@@ -412,7 +424,7 @@ def test_broken_sql_names_file_line_and_message_and_the_rest_still_apply(lake, t
     write_view(second, "gold_test_two", "select id from silver.sample_customers;\ndrop table silver.sample_customers;",
                {"id": "Customer id."})
     with lake.db.connect() as conn:
-        result = apply_gold(conn, second)
+        result = apply_gold(conn, second, prod_scope(conn))
         failed = {f.view: f for f in result.failed}
         assert result.applied == ("gold_test_customers",)
         assert set(failed) == {"gold_test_by_status", "gold_test_syntax", "gold_test_two"}
@@ -448,7 +460,7 @@ def test_yaml_missing_or_inventing_a_column_is_refused(lake, tmp_path, scratch_v
     (tmp_path / "gold_test_bad_yaml.sql").write_text("select 1 as one")
     (tmp_path / "gold_test_bad_yaml.yaml").write_text("description: x\ncolumns:\n  - name: one\n")
     with lake.db.connect() as conn:
-        result = apply_gold(conn, tmp_path)
+        result = apply_gold(conn, tmp_path, prod_scope(conn))
         failed = {f.view: f for f in result.failed}
         assert result.applied == () and set(failed) == {"gold_test_undocumented", "gold_test_invented",
                                                         "gold_test_no_yaml", "gold_test_bad_yaml"}
@@ -474,8 +486,8 @@ def test_changed_columns_replace_the_view_and_rebuild_its_dependents(lake, tmp_p
     write_view(tmp_path / "b", "gold_test_top", "select tier, count(*) as n from gold.gold_test_base group by tier",
                {"tier": "Tier.", "n": "Customers."})
     with lake.db.connect() as conn:
-        assert apply_gold(conn, tmp_path / "a").applied == (base, "gold_test_top")
-        result = apply_gold(conn, tmp_path / "b")  # a column dropped and one retyped: CREATE OR REPLACE cannot
+        assert apply_gold(conn, tmp_path / "a", prod_scope(conn)).applied == (base, "gold_test_top")
+        result = apply_gold(conn, tmp_path / "b", prod_scope(conn))  # a column dropped and one retyped: CREATE OR REPLACE cannot
         assert result.failed == () and result.applied == (base, "gold_test_top")
         columns = conn.execute("select attname, col_description(attrelid, attnum) from pg_attribute"
                                " where attrelid = 'gold.gold_test_base'::regclass and attnum > 0 order by attnum").fetchall()
@@ -489,7 +501,7 @@ def test_a_view_over_missing_silver_is_skipped_and_one_over_the_control_plane_re
     write_view(tmp_path, "gold_test_leak", "select id, status from public.connector_runs",
                {"id": "Run id.", "status": "Run status."})
     with lake.db.connect() as conn:
-        result = apply_gold(conn, tmp_path)
+        result = apply_gold(conn, tmp_path, prod_scope(conn))
         assert conn.execute("select to_regclass('gold.gold_test_leak')").fetchone() == (None,)
     assert [(s.view, "silver.hubspot_deals" in s.reason or "gold.gold_test_later" in s.reason)
             for s in result.skipped] == [("gold_test_later", True), ("gold_test_on_later", True)]
@@ -503,14 +515,14 @@ def test_a_view_over_missing_silver_is_skipped_and_one_over_the_control_plane_re
 def test_analyst_reads_gold_and_nothing_of_the_control_plane(lake, applied, tmp_path, scratch_views):
     write_view(tmp_path, "gold_test_later_view", "select id from silver.sample_customers", {"id": "Id."})
     with lake.db.connect() as conn:
-        assert apply_gold(conn, tmp_path).applied == ("gold_test_later_view",)  # a view made after the migration
+        assert apply_gold(conn, tmp_path, prod_scope(conn)).applied == ("gold_test_later_view",)  # a view made after the migration
         with conn.transaction(force_rollback=True):
             conn.execute("set local role analyst")
             for view in (*SHIPPED, "gold_test_later_view"):
                 assert conn.execute(f"select count(*) from gold.{view}").fetchone()[0] > 0, view
         for relation in ("connector_runs", "connector_instances", "connector_definitions", "connector_state",
                          "connector_run_logs", "ipai_tenants", "vault.secrets", "vault.decrypted_secrets",
-                         "bronze.raw_sample_orders", "silver.sample_orders", "odoo_src.account_move"):
+                         "bronze.raw_sample_orders", "silver.sample_orders", "bronze.raw_odoo_account_move"):
             with pytest.raises(errors.InsufficientPrivilege), conn.transaction(force_rollback=True):
                 conn.execute("set local role analyst")
                 conn.execute(f"select * from {relation} limit 1")
@@ -534,9 +546,54 @@ def test_a_run_with_the_gold_layer_leaves_its_views_current(settings: Settings, 
     assert result.status == "succeeded"
     spec = parse_spec(text)
     with database.connect() as conn:
-        orders = conn.execute("select count(*) from gold.gold_sales_orders").fetchone()
+        orders = conn.execute("select count(*) from gold_dev.gold_sales_orders").fetchone()  # env dev: its own gold
         logged = conn.execute("select message, fields from connector_run_logs where run_id = %s and event = 'gold.applied'",
                               (result.run_id,)).fetchone()
     assert orders == (source_rows(spec, "orders").num_rows,)
     assert logged is not None and "gold_sales_orders" in logged[1]["applied"]
-    assert any("github_pull_requests" in s for s in logged[1]["skipped"]), "views over absent silver wait for it"
+    assert any("gold_dev.gold_engineering_pull_requests" in s and "no github instance" in s
+               for s in logged[1]["skipped"]), "views over absent silver wait for it"
+    assert "gold_dev" in logged[0]
+
+
+def test_gold_covers_every_instance_of_a_source_type_whatever_its_name(lake, applied):
+    """A second GitHub instance, named gh_prod, appears in the engineering views beside `github`."""
+    with pytest.MonkeyPatch.context() as env, EmulatorProcess(
+            "github", "--token", TOKEN, "--repos", "1", "--issues-per-repo", "300", "--commits-per-repo", "1") as gh:
+        env.setenv("IPAI_DEV_MODE", "1")
+        _sync(lake.db, lake.settings, f"""
+name: gh_prod
+source_type: github
+auth: {{type: bearer, token: {{secret: github_token}}}}
+source: {{base_url: {gh.url}, repos: [acme/repo1], rate_limit: {{requests_per_second: 200, burst: 20}}}}
+streams: [{{name: pull_requests}}]
+""")
+    with lake.db.connect() as conn:
+        result = apply_gold(conn, scope=prod_scope(conn))
+    assert result.failed == () and "gold_engineering_pull_requests" in result.applied
+    per_instance = dict(lake.rows("select instance, count(*) from gold.gold_engineering_pull_requests group by 1"))
+    silver = {name: lake.rows(f"select count(*) from silver.{name}_pull_requests where not _ipai_deleted")[0][0]
+              for name in ("github", "gh_prod")}
+    assert per_instance == silver and silver["gh_prod"] > 0
+    throughput = lake.rows("select distinct instance from gold.gold_engineering_pr_throughput order by 1")
+    assert throughput == [("gh_prod",), ("github",)]
+
+
+def test_a_source_type_views_error_names_its_own_line_and_column(lake, applied, tmp_path, scratch_views):
+    """The stream relations a source-type view reads are put in front of its query; an error still points into
+    the file as written, in a WITH of its own or not."""
+    write_view(tmp_path, "gold_test_typed", "-- orders per status\nselect instance, status,\n  sum(amount_usd) as total\n"
+               "from silver.orders\ngroup by 1, 2\n", {"instance": "I.", "status": "S.", "total": "T."},
+               source_type="sample")
+    write_view(tmp_path, "gold_test_typed_with", "with o as (\n  select * from silver.orders\n)\nselect instance,\n"
+               "  count(nope) as n from o group by 1\n", {"instance": "I.", "n": "N."}, source_type="sample")
+    write_view(tmp_path, "gold_test_typed_ok", "with o as (select instance, id from silver.orders)\n"
+               "select instance, count(*) as orders from o group by 1\n", {"instance": "I.", "orders": "N."},
+               source_type="sample")
+    with lake.db.connect() as conn:
+        result = apply_gold(conn, tmp_path, prod_scope(conn))
+    failed = {f.view: (f.line, f.column) for f in result.failed}
+    assert failed == {"gold_test_typed": (3, 7), "gold_test_typed_with": (5, 9)}
+    assert result.applied == ("gold_test_typed_ok",)
+    assert lake.rows("select instance, orders from gold.gold_test_typed_ok") == [
+        ("sample", lake.rows("select count(*) from silver.sample_orders")[0][0])]

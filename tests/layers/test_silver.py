@@ -17,10 +17,13 @@ from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from connectors.specload import parse_spec
+from layers.addressing import Address
 from layers.silver.merge import SilverMerger
 from layers.silver.target import SilverTarget
 from tests.support.syncing import sync
-from tests.support.truth import bronze_postgres, source_rows
+from tests.support.truth import (
+    address, bronze_postgres, bronze_schema, bronze_table, silver_table, silver_uri, source_rows,
+)
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -47,10 +50,12 @@ def shop_sync(settings: Any, database: Any, *, today: int, layers: str = "bronze
 
 
 def pg_rows(url: str, table: str, columns: list[str], key: str = "id") -> list[tuple]:
-    """Silver's rows in Postgres through psycopg (numeric as Decimal, as the source has it), sorted by key."""
+    """Silver's rows (`table` is `<schema>.<table>`) in Postgres through psycopg (numeric as Decimal, as the
+    source has it), sorted by key."""
     names = ", ".join(f'"{c}"' for c in columns)
+    schema, _, name = table.partition(".")
     with psycopg.connect(url) as conn:
-        return conn.execute(f'select {names} from silver."{table}" order by "{key}"').fetchall()
+        return conn.execute(f'select {names} from "{schema}"."{name}" order by "{key}"').fetchall()
 
 
 def data_rows(table: pa.Table, columns: list[str], key: str = "id") -> list[tuple]:
@@ -71,12 +76,12 @@ def test_incremental_runs_leave_silver_equal_to_the_source(settings, database):
         truth = source_rows(spec, stream)
         columns = truth.column_names
         expected = data_rows(truth, columns, key)
-        delta = DeltaTable(f"{settings.lakehouse_uri}/silver/shop_{stream}").to_pyarrow_table()
+        delta = DeltaTable(silver_uri(spec, stream, settings.lakehouse_uri)).to_pyarrow_table()
         assert data_rows(delta, columns, key) == expected
-        assert pg_rows(database.url, f"shop_{stream}", columns, key) == expected
+        assert pg_rows(database.url, silver_table(spec, stream), columns, key) == expected
         assert not any(delta.column("_ipai_deleted").to_pylist())
-        assert pg_rows(database.url, f"shop_{stream}", ["_ipai_deleted"], "_ipai_deleted")[-1] == (False,)
-        assert bronze_postgres(database.url, f"raw_shop_{stream}").num_rows > truth.num_rows  # changed rows twice
+        assert pg_rows(database.url, silver_table(spec, stream), ["_ipai_deleted"], "_ipai_deleted")[-1] == (False,)
+        assert bronze_postgres(database.url, bronze_table(spec, stream)).num_rows > truth.num_rows  # changed twice
     with database.connect() as conn:
         unmerged = conn.execute("select count(*) from connector_extractions where silver_merged_at is null").fetchone()
         events = [r[0] for r in conn.execute("select event from connector_run_logs where run_id = %s",
@@ -86,18 +91,36 @@ def test_incremental_runs_leave_silver_equal_to_the_source(settings, database):
 
     # A third run finds nothing new to read and nothing to merge: silver stays as it is.
     every = ["id", "_ipai_run_id", "_ipai_extracted_at", "_ipai_row_hash"]
-    before = pg_rows(database.url, "shop_orders", every)
+    before = pg_rows(database.url, silver_table(spec, "orders"), every)
     assert shop_sync(settings, database, today=25).status == "succeeded"
-    assert pg_rows(database.url, "shop_orders", every) == before
+    assert pg_rows(database.url, silver_table(spec, "orders"), every) == before
 
 
 # -- merges of chunks -------------------------------------------------------------------------------
 
 
-def target_in(tmp: Path, database: Any, name: str, *, cursor: str | None = "updated_at") -> SilverTarget:
-    return SilverTarget(table=name, key=("id",), cursor=cursor, bronze_table=f"raw_{name}",
-                        delta_uri=str(tmp / "silver" / name), quarantine_delta_uri=str(tmp / "bronze" / f"q_{name}"),
-                        postgres_url=database.url)
+LAB = Address("local", "dev", "lab")
+"""The instance whose streams the merges of chunks below write: `silver_dev.lab_<stream>`, quarantine
+`bronze_dev.quarantine_lab_<stream>`."""
+
+
+def target_in(tmp: Path, database: Any, stream: str, *, cursor: str | None = "updated_at",
+              flatten: tuple[tuple[str, str, str], ...] = ()) -> SilverTarget:
+    """Where a run merges `stream` of `LAB`, with `tmp` as the lakehouse."""
+    table, quarantine = LAB.silver_table(stream), LAB.quarantine_table(stream)
+    return SilverTarget(table=table, key=("id",), cursor=cursor, bronze_table=LAB.bronze_table(stream),
+                        delta_uri=LAB.delta_uri(str(tmp), "silver", table), quarantine_table=quarantine,
+                        quarantine_delta_uri=LAB.delta_uri(str(tmp), "bronze", quarantine),
+                        postgres_url=database.url, postgres_schema=LAB.schema("silver"),
+                        bronze_postgres_schema=LAB.schema("bronze"), flatten=flatten)
+
+
+def held_in_postgres(database: Any, target: SilverTarget) -> list[tuple]:
+    """(id, column, value, reason) of the rows the Postgres quarantine beside `target`'s bronze holds."""
+    with psycopg.connect(database.url) as conn:
+        return conn.execute(f'select id, _ipai_column, _ipai_value, _ipai_reason'
+                            f' from "{target.bronze_postgres_schema}"."{target.quarantine_table}"'
+                            " order by _ipai_column").fetchall()
 
 
 def chunk(rows: list[dict[str, Any]], *, extracted_at: datetime = T0, schema: pa.Schema | None = None) -> pa.Table:
@@ -109,9 +132,9 @@ def chunk(rows: list[dict[str, Any]], *, extracted_at: datetime = T0, schema: pa
     return table.append_column("_ipai_extracted_at", pa.array([extracted_at] * n, pa.timestamp("us", tz="UTC")))
 
 
-def silver_both(tmp: Path, database: Any, name: str, columns: list[str]) -> tuple[list[tuple], list[tuple]]:
-    delta = DeltaTable(str(tmp / "silver" / name)).to_pyarrow_table()
-    return data_rows(delta, columns), pg_rows(database.url, name, columns)
+def silver_both(target: SilverTarget, database: Any, columns: list[str]) -> tuple[list[tuple], list[tuple]]:
+    delta = DeltaTable(str(target.delta_uri)).to_pyarrow_table()
+    return data_rows(delta, columns), pg_rows(database.url, f"{target.postgres_schema}.{target.table}", columns)
 
 
 ROW = st.fixed_dictionaries({
@@ -132,13 +155,13 @@ def test_the_same_batches_delivered_1_2_and_5_times_shuffled_give_the_same_silve
                         ("amount", pa.int64())])
     results = []
     for copies in (1, 2, 5):
-        name = f"prop_{uuid.uuid4().hex[:8]}"
+        target = target_in(tmp_path, database, f"prop_{uuid.uuid4().hex[:8]}")
         deliveries = [b for b in batches for _ in range(copies)]
         random.Random(seed + copies).shuffle(deliveries)
-        with SilverMerger(target_in(tmp_path, database, name), run_id=str(uuid.UUID(int=1))) as merger:
+        with SilverMerger(target, run_id=str(uuid.UUID(int=1))) as merger:
             for rows in deliveries:
                 merger.merge(chunk(random.Random(seed).sample(rows, len(rows)), schema=schema), extraction_id="e")
-        delta, pg = silver_both(tmp_path, database, name, columns)
+        delta, pg = silver_both(target, database, columns)
         assert delta == pg
         results.append(delta)
     assert results[0] == results[1] == results[2]
@@ -153,8 +176,7 @@ def test_the_same_batches_delivered_1_2_and_5_times_shuffled_give_the_same_silve
 
 
 def test_schema_drift_adds_widens_and_quarantines_without_touching_silver(tmp_path, database):
-    name = "drift"
-    target = target_in(tmp_path, database, name)
+    target = target_in(tmp_path, database, "drift")
     with SilverMerger(target, run_id=str(uuid.UUID(int=1))) as merger:
         merger.merge(chunk([{"id": 1, "updated_at": T0, "n": 1}, {"id": 2, "updated_at": T0, "n": 2}]),
                      extraction_id="e1")
@@ -170,25 +192,23 @@ def test_schema_drift_adds_widens_and_quarantines_without_touching_silver(tmp_pa
     assert merger.result.quarantined == 2
     assert any("widen n" in c for c in merger.result.changes) and any("add tag" in c for c in merger.result.changes)
     columns = ["id", "n", "tag"]
-    delta, pg = silver_both(tmp_path, database, name, columns)
+    delta, pg = silver_both(target, database, columns)
     assert delta == pg == [(1, 1.0, None), (2, 2.5, "x"), (3, 7.0, "z")]
-    assert DeltaTable(str(tmp_path / "silver" / name)).schema().to_arrow().field("n").type == pa.float64()
+    assert DeltaTable(str(target.delta_uri)).schema().to_arrow().field("n").type == pa.float64()
     with psycopg.connect(database.url) as conn:
-        kind = conn.execute("select data_type from information_schema.columns where table_schema = 'silver'"
-                            " and table_name = 'drift' and column_name = 'n'").fetchone()
-        held = conn.execute(f'select id, _ipai_column, _ipai_value, _ipai_reason from bronze."quarantine_{name}"'
-                            " order by _ipai_column").fetchall()
+        kind = conn.execute("select data_type from information_schema.columns where table_schema = %s"
+                            " and table_name = %s and column_name = 'n'",
+                            (target.postgres_schema, target.table)).fetchone()
+    held = held_in_postgres(database, target)
     assert kind == ("double precision",)
     assert held[0][1:3] == ("id", None) and "primary key is null" in held[0][3]
     assert held[1][:3] == ("1", "n", "n/a") and "does not fit silver's type double" in held[1][3]
-    quarantined = DeltaTable(str(tmp_path / "bronze" / f"q_{name}")).to_pyarrow_table()
+    quarantined = DeltaTable(str(target.quarantine_delta_uri)).to_pyarrow_table()
     assert sorted(quarantined.column("_ipai_value").to_pylist(), key=str) == sorted(["n/a", None], key=str)
 
 
 def test_change_data_capture_rows_become_soft_deletes_and_keep_unsent_columns(tmp_path, database):
-    name = "cdc"
-    target = SilverTarget(table=name, key=("id",), cursor=None, bronze_table="raw_cdc",
-                          delta_uri=str(tmp_path / "silver" / name), postgres_url=database.url)
+    target = target_in(tmp_path, database, "cdc", cursor=None)
     schema = pa.schema([("id", pa.int64()), ("body", pa.string()), ("n", pa.int64()), ("_ipai_op", pa.string()),
                         ("_ipai_lsn", pa.int64()), ("_ipai_seq", pa.int32()), ("_ipai_unchanged", pa.string())])
 
@@ -208,28 +228,29 @@ def test_change_data_capture_rows_become_soft_deletes_and_keep_unsent_columns(tm
         merger.merge(chunk(changes, schema=schema), extraction_id="changes")
         merger.merge(chunk(changes[::-1], schema=schema), extraction_id="changes")
     columns = ["id", "body", "n", "_ipai_deleted"]
-    delta, pg = silver_both(tmp_path, database, name, columns)
+    delta, pg = silver_both(target, database, columns)
     assert delta == pg == [(1, "long text 1", 10, False), (2, "long text 2", 2, True), (3, "new text 3", 31, False)]
-    assert "_ipai_unchanged" not in DeltaTable(str(tmp_path / "silver" / name)).schema().to_arrow().names
-    assert pc.max(DeltaTable(str(tmp_path / "silver" / name)).to_pyarrow_table().column("_ipai_lsn")).as_py() == 140
+    assert "_ipai_unchanged" not in DeltaTable(str(target.delta_uri)).schema().to_arrow().names
+    assert pc.max(DeltaTable(str(target.delta_uri)).to_pyarrow_table().column("_ipai_lsn")).as_py() == 140
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_full_sync_soft_deletes_the_keys_the_source_no_longer_has(settings, database):
-    with psycopg.connect(database.url, autocommit=True) as conn:
+def test_a_full_sync_soft_deletes_the_keys_the_source_no_longer_has(settings, database, source_database):
+    with psycopg.connect(source_database.url, autocommit=True) as conn:
         conn.execute("create schema src; create table src.items (id bigint primary key, name text, updated_at timestamptz)")
         conn.execute("insert into src.items select g, 'item ' || g, now() from generate_series(1, 3000) g")
     text = (f"name: inv\nsource_type: database\nsync_mode: full\nlayers: [bronze, silver]\n"
-            f"source:\n  url: {database.url}\n  partition_rows: 1000\n  tables:\n    - {{table: src.items}}\n")
+            f"source:\n  url: {source_database.url}\n  partition_rows: 1000\n  tables:\n    - {{table: src.items}}\n")
     assert sync(settings, database, text).status == "succeeded"
-    with psycopg.connect(database.url, autocommit=True) as conn:
+    with psycopg.connect(source_database.url, autocommit=True) as conn:
         conn.execute("delete from src.items where id between 101 and 150")
         conn.execute("update src.items set name = 'renamed' where id = 7")
     second = sync(settings, database, text)
     assert second.status == "succeeded"
-    delta = DeltaTable(f"{settings.lakehouse_uri}/silver/inv_items").to_pyarrow_table()
-    for rows in (data_rows(delta, ["id", "name", "_ipai_deleted"]), pg_rows(database.url, "inv_items",
-                                                                            ["id", "name", "_ipai_deleted"])):
+    spec = parse_spec(text)
+    delta = DeltaTable(silver_uri(spec, "items", settings.lakehouse_uri)).to_pyarrow_table()
+    for rows in (data_rows(delta, ["id", "name", "_ipai_deleted"]),
+                 pg_rows(database.url, silver_table(spec, "items"), ["id", "name", "_ipai_deleted"])):
         assert len(rows) == 3000
         assert [r[0] for r in rows if r[2]] == list(range(101, 151)), "the deleted keys, soft-deleted"
         assert rows[6] == (7, "renamed", False) and rows[100] == (101, "item 101", True)  # last known values kept
@@ -243,11 +264,9 @@ def test_a_full_sync_soft_deletes_the_keys_the_source_no_longer_has(settings, da
 
 
 def test_declared_nested_fields_get_columns_and_a_value_that_does_not_parse_is_set_aside(tmp_path, database):
-    target = SilverTarget(table="nested", key=("id",), cursor="updated_at", bronze_table="raw_nested",
-                          delta_uri=str(tmp_path / "silver" / "nested"),
-                          quarantine_delta_uri=str(tmp_path / "bronze" / "q_nested"), postgres_url=database.url,
-                          flatten=(("user_login", "user.login", "string"), ("user_id", "user.id", "int64"),
-                                   ("seen", "user.seen_at", "timestamp")))
+    target = target_in(tmp_path, database, "nested",
+                       flatten=(("user_login", "user.login", "string"), ("user_id", "user.id", "int64"),
+                                ("seen", "user.seen_at", "timestamp")))
     rows = [{"id": 1, "updated_at": T0, "user": '{"login": "ada", "id": 7, "seen_at": "2026-11-02T10:00:00Z"}'},
             {"id": 2, "updated_at": T0, "user": '{"login": "bob"}'},
             {"id": 3, "updated_at": T0, "user": '{"login": "eve", "id": "x7"}'},
@@ -257,19 +276,19 @@ def test_declared_nested_fields_get_columns_and_a_value_that_does_not_parse_is_s
     assert merger.result.quarantined == 1
     seen = datetime(2026, 11, 2, 10, tzinfo=timezone.utc)
     expected = [(1, "ada", 7, seen), (2, "bob", None, None), (4, None, None, None)]
-    delta, pg = silver_both(tmp_path, database, "nested", ["id", "user_login", "user_id", "seen"])
+    delta, pg = silver_both(target, database, ["id", "user_login", "user_id", "seen"])
     assert delta == pg == expected
-    with psycopg.connect(database.url) as conn:
-        held = conn.execute('select id, _ipai_column, _ipai_value, _ipai_reason from bronze."quarantine_nested"').fetchall()
-    assert held == [("3", "user_id", "x7", "flatten user_id: user.id does not parse as int64")]
+    assert held_in_postgres(database, target) == [
+        ("3", "user_id", "x7", "flatten user_id: user.id does not parse as int64")]
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a_full_refresh(settings, database):
+def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a_full_refresh(settings, database,
+                                                                                             source_database):
     # Rows committed late with an updated_at behind the stored cursor (a long transaction) are read again by
     # the lookback window; after three runs silver equals that of one full read of the final table.
     base = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
-    with psycopg.connect(database.url, autocommit=True) as conn:
+    with psycopg.connect(source_database.url, autocommit=True) as conn:
         conn.execute("create schema shop; create table shop.orders (id bigint primary key, status text,"
                      " amount numeric(10, 2), updated_at timestamptz not null); create index on shop.orders (updated_at)")
         conn.execute("insert into shop.orders select g, 'placed', g * 1.25, %s + g * interval '1 second'"
@@ -277,13 +296,13 @@ def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a
 
     def spec(name: str, mode: str) -> str:
         return (f"name: {name}\nsource_type: database\nsync_mode: {mode}\nlayers: [bronze, silver]\nsource:\n"
-                f"  url: {database.url}\n  partition_rows: 1000\n  lookback_s: 600\n"
+                f"  url: {source_database.url}\n  partition_rows: 1000\n  lookback_s: 600\n"
                 "  tables:\n    - {table: shop.orders, cursor: updated_at}\n")
 
     incremental = spec("inc", "incremental")
     for step in range(3):
         assert sync(settings, database, incremental).status == "succeeded"
-        with psycopg.connect(database.url, autocommit=True) as conn:
+        with psycopg.connect(source_database.url, autocommit=True) as conn:
             top = conn.execute("select max(updated_at) from shop.orders").fetchone()[0]
             # New rows past the cursor, and late updates 5 minutes behind it (inside the 10-minute lookback).
             conn.execute("insert into shop.orders select g, 'placed', 1, %s + g * interval '1 second'"
@@ -294,11 +313,13 @@ def test_incremental_runs_with_late_updates_in_the_lookback_give_the_silver_of_a
     full = spec("fullcopy", "full")
     assert sync(settings, database, full).status == "succeeded"
     columns = ["id", "status", "amount", "updated_at", "_ipai_deleted"]
-    assert pg_rows(database.url, "inc_orders", columns) == pg_rows(database.url, "fullcopy_orders", columns)
-    with psycopg.connect(database.url) as conn:
+    inc_spec, full_spec = parse_spec(incremental), parse_spec(full)
+    inc_table, full_table = silver_table(inc_spec, "orders"), silver_table(full_spec, "orders")
+    assert pg_rows(database.url, inc_table, columns) == pg_rows(database.url, full_table, columns)
+    with psycopg.connect(source_database.url) as conn:
         source = conn.execute("select id, status, amount, updated_at, false from shop.orders order by id").fetchall()
-    assert pg_rows(database.url, "inc_orders", columns) == source
-    inc = DeltaTable(f"{settings.lakehouse_uri}/silver/inc_orders").to_pyarrow_table()
+    assert pg_rows(database.url, inc_table, columns) == source
+    inc = DeltaTable(silver_uri(inc_spec, "orders", settings.lakehouse_uri)).to_pyarrow_table()
     assert data_rows(inc, columns) == [tuple(r) for r in source]
 
 
@@ -321,40 +342,44 @@ def test_a_new_partition_layout_is_refused_until_silver_is_rebuilt_from_bronze(s
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "customers: silver shop_customers dropped" in rebuilt.output
     assert sync(settings, database, text).status == "succeeded"
-    table = DeltaTable(f"{settings.lakehouse_uri}/silver/shop_customers")
+    spec = parse_spec(text)
+    table = DeltaTable(silver_uri(spec, "customers", settings.lakehouse_uri))
     assert table.metadata().partition_columns == ["country"]
-    truth = source_rows(parse_spec(text), "customers")
+    truth = source_rows(spec, "customers")
     columns = truth.column_names
     assert data_rows(table.to_pyarrow_table(), columns) == data_rows(truth, columns)
-    assert pg_rows(database.url, "shop_customers", columns) == data_rows(truth, columns)
+    assert pg_rows(database.url, silver_table(spec, "customers"), columns) == data_rows(truth, columns)
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_source_column_changing_type_mid_life_quarantines_only_the_rows_that_do_not_fit(settings, database):
-    with psycopg.connect(database.url, autocommit=True) as conn:
+def test_a_source_column_changing_type_mid_life_quarantines_only_the_rows_that_do_not_fit(settings, database,
+                                                                                         source_database):
+    with psycopg.connect(source_database.url, autocommit=True) as conn:
         conn.execute("create schema drift; create table drift.items (id bigint primary key, n bigint,"
                      " updated_at timestamptz not null)")
         conn.execute("insert into drift.items select g, g, %s from generate_series(1, 1500) g", (T0,))
     text = (f"name: dr\nsource_type: database\nsync_mode: incremental\nlayers: [bronze, silver]\nsource:\n"
-            f"  url: {database.url}\n  partition_rows: 1000\n  tables:\n    - {{table: drift.items, cursor: updated_at}}\n")
+            f"  url: {source_database.url}\n  partition_rows: 1000\n  tables:\n"
+            "    - {table: drift.items, cursor: updated_at}\n")
     assert sync(settings, database, text).status == "succeeded"
-    with psycopg.connect(database.url, autocommit=True) as conn:  # the source's column becomes text
+    with psycopg.connect(source_database.url, autocommit=True) as conn:  # the source's column becomes text
         conn.execute("alter table drift.items alter column n type text")
         conn.execute("update drift.items set n = 'n/a', updated_at = %s where id = 5", (T0 + timedelta(days=1),))
         conn.execute("update drift.items set n = '70', updated_at = %s where id = 7", (T0 + timedelta(days=1),))
     second = sync(settings, database, text)
     assert second.status == "succeeded"
+    spec = parse_spec(text)
+    quarantine = f'"{bronze_schema(spec)}"."{address(spec).quarantine_table("items")}"'
     with database.connect() as conn:
         logged = conn.execute("select message from connector_run_logs where run_id = %s and event = 'bronze.quarantined'",
                               (second.run_id,)).fetchone()
-        held = conn.execute("select _ipai_column, _ipai_value, _ipai_row::jsonb->>'id' from bronze.quarantine_dr_items"
-                            ).fetchall()
+        held = conn.execute(f"select _ipai_column, _ipai_value, _ipai_row::jsonb->>'id' from {quarantine}").fetchall()
     assert logged and "1 rows did not fit raw_dr_items" in logged[0] and "string does not fit int64" in logged[0]
     assert held == [("n", "n/a", "5")]
     with database.connect() as conn:
         metrics = conn.execute("select metrics from connector_runs where id = %s", (second.run_id,)).fetchone()[0]
     assert metrics["items"]["bronze_quarantined"] == 1 and metrics["items"]["silver_rows"] == 1
-    rows = pg_rows(database.url, "dr_items", ["id", "n"])
+    rows = pg_rows(database.url, silver_table(spec, "items"), ["id", "n"])
     assert rows[4] == (5, 5) and rows[6] == (7, 70) and len(rows) == 1500  # silver keeps what it had for id 5
-    delta = DeltaTable(f"{settings.lakehouse_uri}/silver/dr_items").to_pyarrow_table()
+    delta = DeltaTable(silver_uri(spec, "items", settings.lakehouse_uri)).to_pyarrow_table()
     assert data_rows(delta, ["id", "n"]) == rows

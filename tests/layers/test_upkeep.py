@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from engine.cli.main import app
 from engine.core.errors import ConfigError, NotFound
+from layers.addressing import Address
 from layers.bronze.delta import DeltaBronzeTable
-from layers.delta import table_uri
 from layers.lakehouse.export import SUCCESS, export_parquet
 from layers.lakehouse.upkeep import (
     TableRef,
@@ -38,14 +38,19 @@ def sorted_rows(table: pa.Table) -> pa.Table:
     return table.select(sorted(table.column_names)).sort_by("id")
 
 
+SHOP = Address("local", "dev", "shop")
+"""The instance whose tables the lakehouse holds: `bronze_dev/raw_shop_orders`, `silver_dev/shop_orders`."""
+BRONZE = SHOP.schema("bronze")
+
+
 @pytest.fixture
 def lakehouse(tmp_path: Path) -> str:
     return str(tmp_path / "lakehouse")
 
 
 def bronze(lakehouse: str, name: str = "raw_shop_orders", appends: int = 12) -> DeltaBronzeTable:
-    """A bronze table written as the sync writes it: one small commit per partition, with its marker."""
-    writer = DeltaBronzeTable(table_uri(lakehouse, "bronze", name))
+    """A bronze table of `SHOP` written as the sync writes it: one small commit per partition, with its marker."""
+    writer = DeltaBronzeTable(SHOP.delta_uri(lakehouse, "bronze", name))
     for n in range(appends):
         writer.append([f"ext1:p{n}"], [batch(n)])
     return writer
@@ -110,7 +115,7 @@ def test_short_retention_is_refused_without_force_and_breaks_time_travel_with_it
 
 
 def test_the_tables_own_retention_is_the_safety_check(lakehouse):
-    uri = table_uri(lakehouse, "silver", "shop_orders")
+    uri = SHOP.delta_uri(lakehouse, "silver", "shop_orders")
     write_deltalake(uri, batch(0), configuration={"delta.deletedFileRetentionDuration": "interval 2 hours"})
     [plan] = plan_upkeep(find_tables(lakehouse, "shop_orders"), UpkeepOptions(retention_hours=24))
     assert (plan.retention_hours, plan.min_retention_hours, plan.warnings) == (24, 2.0, ())
@@ -123,7 +128,7 @@ def test_the_tables_own_retention_is_the_safety_check(lakehouse):
 
 def test_optimize_beside_a_concurrent_writer_loses_nothing(lakehouse):
     writer = bronze(lakehouse, appends=10)
-    ref = TableRef(uri=writer.uri, layer="bronze", name="raw_shop_orders")
+    ref = TableRef(uri=writer.uri, layer=BRONZE, name="raw_shop_orders")
     done = threading.Event()
     written = [10]
 
@@ -210,7 +215,7 @@ def test_cli_lists_optimizes_and_exports(lakehouse, tmp_path):
 
     done = ipai(tmp_path, "optimize", "--layer", "bronze", "--lakehouse", lakehouse)
     assert done.exit_code == 0, done.output
-    assert "bronze/raw_shop_orders" in done.stdout and "3 -> 1" in done.stdout
+    assert f"{BRONZE}/raw_shop_orders" in done.stdout and "3 -> 1" in done.stdout
 
     exported = ipai(tmp_path, "export", "raw_shop_orders", "--to", str(tmp_path / "out"), "--lakehouse", lakehouse)
     assert exported.exit_code == 0, exported.output
@@ -221,16 +226,16 @@ def test_cli_errors_name_the_table_and_what_to_do(lakehouse, tmp_path):
     bronze(lakehouse, appends=2)
     unknown = ipai(tmp_path, "optimize", "raw_shop_ordres", "--lakehouse", lakehouse)
     assert unknown.exit_code == 1
-    assert "no table 'raw_shop_ordres'" in unknown.stderr and "bronze/raw_shop_orders" in unknown.stderr
+    assert "no table 'raw_shop_ordres'" in unknown.stderr and f"{BRONZE}/raw_shop_orders" in unknown.stderr
 
     wrong_layer = ipai(tmp_path, "optimize", "raw_shop_orders", "--layer", "silver", "--lakehouse", lakehouse)
-    assert wrong_layer.exit_code == 1 and "raw_shop_orders is in bronze/raw_shop_orders" in wrong_layer.stderr
+    assert wrong_layer.exit_code == 1 and f"raw_shop_orders is in {BRONZE}/raw_shop_orders" in wrong_layer.stderr
 
     refused = ipai(tmp_path, "optimize", "raw_shop_orders", "--retention-hours", "1", "--lakehouse", lakehouse)
     assert refused.exit_code == 2 and "refusing to vacuum with a retention of 1 h" in refused.stderr
 
     missing = ipai(tmp_path, "export", "nope", "--to", str(tmp_path / "out"), "--lakehouse", lakehouse)
-    assert missing.exit_code == 1 and "tables there: bronze/raw_shop_orders" in missing.stderr
+    assert missing.exit_code == 1 and f"tables there: {BRONZE}/raw_shop_orders" in missing.stderr
 
     nowhere = ipai(tmp_path, "tables", "--lakehouse", str(tmp_path / "elsewhere"))
     assert nowhere.exit_code == 1 and "no lakehouse at" in nowhere.stderr

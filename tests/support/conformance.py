@@ -21,7 +21,10 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from engine.controlplane.db import Database
-from tests.support.truth import assert_exactly_once_per_extraction, bronze_delta, bronze_postgres
+from engine.core.spec import ConnectorSpec
+from tests.support.truth import (
+    address, assert_exactly_once_per_extraction, bronze_delta, bronze_postgres, bronze_schema, bronze_table, bronze_uri,
+)
 
 Key = tuple[Any, ...]
 Versions = dict[Key, tuple[Any, ...]]
@@ -80,10 +83,11 @@ def assert_bronze_holds(table: pa.Table, truth: Versions, *, key: tuple[str, ...
     assert not wrong, f"{where}: " + "; ".join(wrong)
 
 
-def bronze_tables(db_url: str, lakehouse_uri: str, table: str) -> dict[str, pa.Table]:
-    """Both bronze copies of `table` (`raw_<instance>_<stream>`), by destination."""
-    return {f"Postgres {table}": bronze_postgres(db_url, table),
-            f"Delta {table}": bronze_delta(f"{lakehouse_uri}/bronze/{table}")}
+def bronze_tables(spec: ConnectorSpec, stream: str, *, db_url: str, lakehouse_uri: str) -> dict[str, pa.Table]:
+    """Both bronze copies of `stream`'s table, by destination and table (`Postgres raw_<instance>_<stream>`)."""
+    table = address(spec).bronze_table(stream)
+    return {f"Postgres {table}": bronze_postgres(db_url, bronze_table(spec, stream)),
+            f"Delta {table}": bronze_delta(bronze_uri(spec, stream, lakehouse_uri))}
 
 
 def _rows(table: pa.Table) -> Counter[tuple[str, ...]]:
@@ -92,8 +96,8 @@ def _rows(table: pa.Table) -> Counter[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class BronzeState:
-    """Everything a write can change in some bronze tables: per table, the Delta version and rows, the
-    Postgres rows, and the Postgres load ledger's entries (commit id, rows, load time)."""
+    """Everything a write can change in an instance's bronze tables: per table, the Delta version and rows,
+    the Postgres rows, and the Postgres load ledger's entries (commit id, rows, load time)."""
 
     delta_versions: dict[str, int]
     delta_rows: dict[str, Counter[tuple[str, ...]]]
@@ -101,14 +105,18 @@ class BronzeState:
     ledger: dict[str, Counter[tuple[str, ...]]]
 
     @classmethod
-    def of(cls, database: Database, lakehouse_uri: str, tables: list[str]) -> BronzeState:
+    def of(cls, database: Database, lakehouse_uri: str, spec: ConnectorSpec, streams: list[str]) -> BronzeState:
+        """The state of the bronze tables of `spec`'s `streams`, keyed by table (`raw_<instance>_<stream>`)."""
+        tables = {address(spec).bronze_table(s): s for s in streams}
+        uris = {t: bronze_uri(spec, s, lakehouse_uri) for t, s in tables.items()}
         with database.connect() as conn:
-            ledger = conn.execute("select table_name, commit_id, rows::text, loaded_at::text"
-                                  " from bronze._ipai_loads where table_name = any(%s)", (tables,)).fetchall()
+            ledger = conn.execute(f'select table_name, commit_id, rows::text, loaded_at::text'
+                                  f' from "{bronze_schema(spec)}"._ipai_loads where table_name = any(%s)',
+                                  (list(tables),)).fetchall()
         return cls(
-            delta_versions={t: DeltaTable(f"{lakehouse_uri}/bronze/{t}").version() for t in tables},
-            delta_rows={t: _rows(bronze_delta(f"{lakehouse_uri}/bronze/{t}")) for t in tables},
-            postgres_rows={t: _rows(bronze_postgres(database.url, t)) for t in tables},
+            delta_versions={t: DeltaTable(uri).version() for t, uri in uris.items()},
+            delta_rows={t: _rows(bronze_delta(uri)) for t, uri in uris.items()},
+            postgres_rows={t: _rows(bronze_postgres(database.url, bronze_table(spec, s))) for t, s in tables.items()},
             ledger={t: Counter(tuple(r[1:]) for r in ledger if r[0] == t) for t in tables},
         )
 

@@ -1,11 +1,25 @@
-"""What the GitHub emulator holds now and what bronze loaded of it (for an instance named `gh`)."""
+"""What the GitHub emulator holds now and what bronze loaded of it (for an instance named `gh`, env dev)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from layers.addressing import Address
 from tests.emulators.harness import EmulatorProcess
 from tests.support.truth import bronze_postgres
+
+GH = Address("local", "dev", "gh")
+"""The instance the GitHub tests sync: stream `issues` lands in `bronze_dev.raw_gh_issues`."""
+
+
+def bronze_table(stream: str) -> str:
+    """`<schema>.<table>` of `stream`'s bronze table of `GH` in Postgres."""
+    return f"{GH.schema('bronze')}.{GH.bronze_table(stream)}"
+
+
+def bronze_uri(lakehouse_uri: str, stream: str) -> str:
+    """The Delta folder of `stream`'s bronze table of `GH`."""
+    return GH.delta_uri(lakehouse_uri, "bronze", GH.bronze_table(stream))
 
 
 def truth(gh: EmulatorProcess, repo: str) -> dict[str, Any]:
@@ -31,11 +45,11 @@ def pr_truth(gh: EmulatorProcess, repos: list[str]) -> set[tuple[str, int, str]]
 
 
 def pull_numbers(database: Any) -> set[tuple[str, int, str]]:
-    table = bronze_postgres(database.url, "raw_gh_pull_requests")
+    table = bronze_postgres(database.url, bronze_table("pull_requests"))
     return set(zip(*(table.column(c).to_pylist() for c in ("repo", "number", "updated_at"))))
 
 
 def loaded(database: Any, stream: str) -> set[tuple[int, str]]:
     """(id, updated_at) of every row of `stream` in bronze Postgres."""
-    table = bronze_postgres(database.url, f"raw_gh_{stream}")
+    table = bronze_postgres(database.url, bronze_table(stream))
     return set(zip(table.column("id").to_pylist(), table.column("updated_at").to_pylist()))

@@ -12,6 +12,7 @@ from deltalake import DeltaTable
 
 from connectors.sample import DAY_US, ORIGIN_US, SampleSpec, Shop, iso, streams
 from engine.core.spec import ConnectorSpec
+from layers.addressing import DEFAULT_TENANT, Address
 
 
 def shop(spec: SampleSpec) -> Shop:
@@ -36,10 +37,46 @@ def day_cursor(day: int) -> str:
     return iso(ORIGIN_US + day * DAY_US)
 
 
-def bronze_postgres(url: str, table: str, schema: str = "bronze") -> pa.Table:
-    """Read a bronze table from Postgres, with its uuid system columns as text (as Delta has them)."""
+def address(spec: ConnectorSpec) -> Address:
+    """Where `spec`'s tables live: the tests run a single-tenant deployment (tenant `local`)."""
+    return Address(DEFAULT_TENANT, spec.env, spec.name)
+
+
+def bronze_schema(spec: ConnectorSpec) -> str:
+    """The Postgres schema of `spec`'s bronze tables (and its load ledger)."""
+    return spec.destinations.postgres.bronze_schema or address(spec).schema("bronze")
+
+
+def bronze_table(spec: ConnectorSpec, stream: str) -> str:
+    """`<schema>.<table>` of `stream`'s bronze table in Postgres, as `bronze_postgres` takes it."""
+    return f"{bronze_schema(spec)}.{address(spec).bronze_table(stream)}"
+
+
+def bronze_uri(spec: ConnectorSpec, stream: str, lakehouse_uri: str) -> str:
+    """The Delta folder of `stream`'s bronze table; `lakehouse_uri` is the settings' (the spec's own wins)."""
+    a = address(spec)
+    return a.delta_uri(spec.destinations.lakehouse.uri or lakehouse_uri, "bronze", a.bronze_table(stream))
+
+
+def silver_table(spec: ConnectorSpec, stream: str) -> str:
+    """`<schema>.<table>` of `stream`'s silver table in Postgres."""
+    schema = spec.destinations.postgres.silver_schema or address(spec).schema("silver")
+    return f"{schema}.{address(spec).silver_table(stream)}"
+
+
+def silver_uri(spec: ConnectorSpec, stream: str, lakehouse_uri: str) -> str:
+    """The Delta folder of `stream`'s silver table; `lakehouse_uri` is the settings' (the spec's own wins)."""
+    a = address(spec)
+    return a.delta_uri(spec.destinations.lakehouse.uri or lakehouse_uri, "silver", a.silver_table(stream))
+
+
+def bronze_postgres(url: str, table: str) -> pa.Table:
+    """Read a bronze table (`<schema>.<table>`) from Postgres, with its uuid system columns as text (as Delta
+    has them)."""
+    schema, _, name = table.partition(".")
+    assert name, f"name the bronze table with its schema (`bronze_dev.{table}`), not {table!r}"
     with adbc.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(f'select * from "{schema}"."{table}"')
+        cur.execute(f'select * from "{schema}"."{name}"')
         got = cur.fetch_arrow_table()
     for i, field in enumerate(got.schema):
         if isinstance(field.type, pa.UuidType):
@@ -76,9 +113,8 @@ PRIMARY_KEYS = {"customers": ("id",), "orders": ("id",), "order_lines": ("order_
 
 def bronze_copies(spec: SampleSpec, stream: str, *, db_url: str, lakehouse_uri: str) -> dict[str, pa.Table]:
     """Return the Postgres and Delta copies of `stream`'s bronze table, by destination name."""
-    table = f"raw_{spec.name}_{stream}"
-    return {"postgres": bronze_postgres(db_url, table, spec.destinations.postgres.bronze_schema),
-            "delta": bronze_delta(f"{lakehouse_uri}/bronze/{table}")}
+    return {"postgres": bronze_postgres(db_url, bronze_table(spec, stream)),
+            "delta": bronze_delta(bronze_uri(spec, stream, lakehouse_uri))}
 
 
 def assert_bronze_equals_source(spec: SampleSpec, stream: str, *, db_url: str, lakehouse_uri: str) -> None:
@@ -111,7 +147,7 @@ def assert_state_not_ahead_of_data(db_url: str, lakehouse_uri: str, spec: Connec
     read 0 rows is recorded straight from its read task and never reaches a writer, so it has no Delta
     marker and no ledger row.
     """
-    schema = spec.destinations.postgres.bronze_schema
+    schema = bronze_schema(spec)
     with psycopg.connect(db_url) as conn:
         instance = conn.execute("select id from connector_instances where name = %s and env = %s",
                                 (spec.name, spec.env)).fetchone()
@@ -122,7 +158,7 @@ def assert_state_not_ahead_of_data(db_url: str, lakehouse_uri: str, spec: Connec
             (instance[0],),
         ).fetchall()
         ledger: dict[tuple[str, str], int] = {}
-        if conn.execute("select to_regclass(%s)", (f"{schema}._ipai_loads",)).fetchone() != (None,):
+        if conn.execute("select to_regclass(%s)", (f'"{schema}"._ipai_loads',)).fetchone() != (None,):
             ledger = {(t, c): n for t, c, n in conn.execute(
                 f'select table_name, commit_id, rows from "{schema}"._ipai_loads')}
     by_stream: dict[str, list[tuple[str, int, tuple[str, int]]]] = {}
@@ -131,16 +167,16 @@ def assert_state_not_ahead_of_data(db_url: str, lakehouse_uri: str, spec: Connec
             by_stream.setdefault(stream, []).append((key, int(n), (extraction_id, number)))
     dest = spec.destinations
     for stream, partitions in by_stream.items():
-        table = f"raw_{spec.name}_{stream}"
+        table = address(spec).bronze_table(stream)
         if dest.lakehouse.enabled:
-            delta_uri = f"{dest.lakehouse.uri or lakehouse_uri}/bronze/{table}"
+            delta_uri = bronze_uri(spec, stream, lakehouse_uri)
             log = DeltaTable(delta_uri)
             delta_rows = rows_per_partition(bronze_delta(delta_uri))
             for key, n, where in partitions:
                 assert log.transaction_version(key) is not None, f"{stream} {key}: recorded, not in the Delta log"
                 assert delta_rows[where] == n, f"{stream} {key}: recorded with {n} rows, Delta holds {delta_rows[where]}"
         if dest.postgres.enabled:
-            pg_rows = rows_per_partition(bronze_postgres(db_url, table, schema))
+            pg_rows = rows_per_partition(bronze_postgres(db_url, bronze_table(spec, stream)))
             for key, n, where in partitions:
                 loaded = ledger.get((table, key))
                 assert loaded == n, f"{stream} {key}: recorded with {n} rows, the Postgres ledger has {loaded}"

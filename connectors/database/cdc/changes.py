@@ -20,6 +20,7 @@ import pyarrow as pa
 from connectors.database.cdc import pgoutput
 from connectors.database.cdc.replication import connect
 from connectors.database.dialects import Column, PostgresDialect
+from connectors.database.guard import SourceAccess
 from engine.core.errors import TransientError
 from engine.core.protocol import Partition
 
@@ -37,12 +38,12 @@ def with_snapshot_columns(batch: pa.RecordBatch, lsn: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([*batch.columns, *values], schema=pa.schema([*batch.schema, *CDC_FIELDS]))
 
 
-def read_changes(columns: tuple[Column, ...], key: tuple[str, ...], url: str,
-                 partition: Partition) -> Iterator[pa.RecordBatch]:
+def read_changes(columns: tuple[Column, ...], key: tuple[str, ...], url: str, partition: Partition, *,
+                 access: SourceAccess) -> Iterator[pa.RecordBatch]:
     """The changes of one window [lo, hi) of the slot, as batches in commit order."""
     slot = dict(partition.where)["slot"]
     lo, hi = (int(v) for v in partition.window)
-    with connect(url) as conn:
+    with connect(url, access) as conn:
         _wait_flushed(conn, hi)
         conn.execute("set timezone = 'UTC'; set datestyle = 'ISO, YMD'; set bytea_output = 'hex';"
                      " set extra_float_digits = 3; set intervalstyle = 'postgres'")

@@ -48,7 +48,10 @@ import psycopg
 
 from connectors.database.cdc import pgoutput
 from connectors.database.dialects import PostgresDialect, dialect_for, driver_message
+from connectors.database.dialects.postgres import conninfo
+from connectors.database.guard import SourceAccess, check_source
 from connectors.database.spec import TableSpec
+from engine.core.egress import EgressPolicy
 from engine.core.errors import ConfigError
 from engine.core.protocol import Partition, Plan, PlanContext
 from engine.core.spec import redact_url
@@ -56,6 +59,10 @@ from engine.core.spec import redact_url
 WAL_ADVICE = ("CDC needs wal_level = logical on the source server: set it in postgresql.conf (or run "
               "ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL; the role also needs REPLICATION "
               "(or superuser), and max_replication_slots / max_wal_senders room for one slot per table")
+
+BOOKKEEPING = EgressPolicy(loopback=True, private=True, networks=("0.0.0.0/0", "::/0"))
+"""Where the driver confirms and drops its own slots (`committed`, `drop`): any server but link-local and metadata
+addresses. Those calls take no options; the planning that made the slot checked the same URL in full."""
 
 _EXPORTED: dict[str, tuple[psycopg.Connection[Any], str]] = {}
 """slot -> (the replication connection holding its exported snapshot, the snapshot's name); driver process."""
@@ -82,12 +89,23 @@ def owner_mark(instance_id: str) -> str:
     return f"ipai instance {instance_id}"
 
 
-def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """An autocommit connection to the source server; a failure to connect is a ConfigError, URL redacted."""
+def connect(url: str, access: SourceAccess | None, **kwargs: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection to the source server, with every parameter explicit (`conninfo`); with `access`,
+    to an address its egress policy allows and, before anything is read, never the control plane as the
+    platform (a replication connection runs no SQL: the plan checks the server on its plain connection).
+    A failure to connect is a ConfigError, URL redacted."""
+    info = conninfo(url, access.egress if access is not None else BOOKKEEPING, read_only=False)
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
+        conn = psycopg.connect(info, autocommit=True, **kwargs)
     except psycopg.Error as exc:
         raise ConfigError(f"source database {redact_url(url)}: {driver_message(url, exc)}") from None
+    if access is not None and "replication" not in kwargs:
+        try:
+            check_source(conn, access.control_plane, where=f"source database {redact_url(url)}")
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 # -- planning (driver) -----------------------------------------------------------------------------------
@@ -98,12 +116,13 @@ def plan(stream: TableStream, ctx: PlanContext, url: str) -> Plan:
         raise ConfigError(f"stream {stream.name}: sync_mode cdc follows PostgreSQL's write-ahead log; "
                           "for other databases use incremental with a cursor column")
     slot = slot_name(stream)
-    with connect(url) as conn:
+    access = SourceAccess.of(ctx.options)
+    with connect(url, access) as conn:
         _check_server(conn, url)
         _check_table(conn, stream, url)
         slot_row = _ownership(conn, slot, ctx.instance_id, url)
         if ctx.cursor is None:
-            return _plan_snapshot(stream, conn, url, slot, slot_row is not None, ctx.instance_id)
+            return _plan_snapshot(stream, conn, url, slot, slot_row is not None, ctx.instance_id, access)
         if slot_row is None:
             raise ConfigError(f"stream {stream.name}: replication slot {slot} is gone from {redact_url(url)}, "
                               "so changes since the last run cannot be read; run with --full-refresh to take "
@@ -173,7 +192,7 @@ def _ownership(conn: psycopg.Connection[Any], slot: str, instance_id: str,
 
 
 def _plan_snapshot(stream: TableStream, conn: psycopg.Connection[Any], url: str, slot: str, slot_exists: bool,
-                   instance_id: str) -> Plan:
+                   instance_id: str, access: SourceAccess) -> Plan:
     close_snapshot(slot)
     if slot_exists:
         conn.execute("select pg_drop_replication_slot(%s)", (slot,))  # ours (checked): a new snapshot needs a new slot
@@ -181,7 +200,7 @@ def _plan_snapshot(stream: TableStream, conn: psycopg.Connection[Any], url: str,
     if conn.execute("select 1 from pg_publication where pubname = %s", (slot,)).fetchone() is None:
         conn.execute(f'create publication "{slot}" for table {_quoted(t.schema_name)}.{_quoted(t.table_name)}')
         conn.execute(f'comment on publication "{slot}" is {_literal(owner_mark(instance_id))}')
-    rep = connect(url, replication="database")
+    rep = connect(url, access, replication="database")
     result = rep.pgconn.exec_(f"CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput (SNAPSHOT 'export')".encode())
     if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
         message = (result.error_message or b"").decode(errors="replace").strip()
@@ -194,7 +213,7 @@ def _plan_snapshot(stream: TableStream, conn: psycopg.Connection[Any], url: str,
     try:
         hi = _insert_lsn(conn)
         d = dialect_for(url)
-        with d.catalog(url, snapshot=snapshot) as cat:
+        with d.catalog(url, access, snapshot=snapshot) as cat:
             columns, pk = d.columns(cat, t, url)
             by_name = {c.name: c for c in columns}
             key = d.partition_key(t, by_name, pk)
@@ -225,7 +244,7 @@ def committed(stream: TableStream, cursor: Any, url: str) -> None:
     slot = slot_name(stream)
     close_snapshot(slot)
     if cursor is not None:
-        with connect(url) as conn:
+        with connect(url, None) as conn:
             _advance(conn, slot, int(cursor))
 
 
@@ -239,7 +258,7 @@ def drop(url: str, slot: str, instance_id: str) -> list[str]:
     """Remove this instance's slot and publication; return what was removed. Refuses another owner's."""
     close_snapshot(slot)
     removed = []
-    with connect(url) as conn:
+    with connect(url, None) as conn:
         slot_row = _ownership(conn, slot, instance_id, url)
         if slot_row is not None:
             active = conn.execute("select active_pid from pg_replication_slots where slot_name = %s", (slot,)).fetchone()

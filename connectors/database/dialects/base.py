@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from connectors.database.guard import SourceAccess
 from connectors.database.spec import TableSpec
 from engine.core.errors import ConfigError
 from engine.core.spec import redact_url
@@ -52,14 +53,18 @@ class Dialect:
 
     name = ""
 
-    def connect(self, url: str, snapshot: str | None = None) -> Any:
-        """A connection; with `snapshot`, inside a read-only transaction that imports that exported snapshot."""
+    def connect(self, url: str, access: SourceAccess, snapshot: str | None = None) -> Any:
+        """A connection where `access` allows one (its egress policy checked before connecting, the control plane
+        refused after, connectors/database/guard.py); with `snapshot`, inside a read-only transaction that
+        imports that exported snapshot."""
         raise NotImplementedError
 
     @contextmanager
-    def catalog(self, url: str, snapshot: str | None = None) -> Iterator[Catalog]:
+    def catalog(self, url: str, access: SourceAccess, snapshot: str | None = None) -> Iterator[Catalog]:
         try:
-            conn = self.connect(url, snapshot)
+            conn = self.connect(url, access, snapshot)
+        except ConfigError:
+            raise  # a refusal (egress, the control plane) says itself what to do
         except Exception as exc:  # noqa: BLE001 - any driver's failure, reported with the URL redacted
             raise ConfigError(f"source database {redact_url(url)}: {driver_message(url, exc)}") from None
         try:

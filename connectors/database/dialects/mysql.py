@@ -1,7 +1,8 @@
 """MySQL and MariaDB (`mysql://`, `mariadb://`): the catalog through PyMySQL, rows through connectorx.
 
 A query stream's columns come from the description of its result with `limit 0`: MySQL describes no query
-without running it, and information_schema knows no temporary view.
+without running it, and information_schema knows no temporary view. The host is checked against the egress
+policy (engine/core/egress.py) and both drivers connect to the checked address, never to the name again.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
 from connectors.database.dialects.base import Catalog, Column, Dialect, checked_pk, driver_message
+from connectors.database.guard import SourceAccess
 from connectors.database.spec import TableSpec
+from engine.core.egress import EgressPolicy, check_host
 from engine.core.errors import ConfigError
 from engine.core.spec import redact_url
 
@@ -57,31 +60,39 @@ class MysqlDialect(Dialect):
 
     name = "mysql"
 
-    def _params(self, url: str) -> dict[str, Any]:
+    def _params(self, url: str, egress: EgressPolicy) -> dict[str, Any]:
         u = urlsplit(url)
-        return {"host": u.hostname or "127.0.0.1", "port": u.port or 3306, "user": u.username or "root",
-                "password": u.password or "", "database": u.path.lstrip("/") or None, "connect_timeout": 10}
+        host, port = u.hostname or "127.0.0.1", u.port or 3306
+        address = check_host(host, egress, port=port, what=f"source database {redact_url(url)}: host")[0]
+        return {"host": address, "port": port, "user": u.username or "root", "password": u.password or "",
+                "database": u.path.lstrip("/") or None, "connect_timeout": 10}
 
-    def connect(self, url: str, snapshot: str | None = None) -> Any:
+    def connect(self, url: str, access: SourceAccess, snapshot: str | None = None) -> Any:
         import pymysql
 
-        conn = pymysql.connect(**self._params(url))
+        conn = pymysql.connect(**self._params(url, access.egress))
         with conn.cursor() as cur:
             cur.execute(UTC_SESSION)
             cur.execute(READ_ONLY_SESSION)
         return conn
 
     @contextmanager
-    def catalog(self, url: str, snapshot: str | None = None) -> Iterator[Catalog]:
-        with super().catalog(url, snapshot) as cat:
+    def catalog(self, url: str, access: SourceAccess, snapshot: str | None = None) -> Iterator[Catalog]:
+        with super().catalog(url, access, snapshot) as cat:
             yield _MysqlCatalog(cat.conn)
 
     def read(self, cat: Catalog, url: str, sql: str, params: tuple[Any, ...]) -> Iterator[pa.RecordBatch]:
         import connectorx as cx
 
         query = cat.cur.mogrify(sql, params)
+        u = urlsplit(url)
+        address = cat.conn.host  # the catalog's checked address: connectorx does not resolve the name again
+        server = f"[{address}]" if ":" in address else address
+        login = u.netloc.rpartition("@")[0]
+        pinned = urlunsplit(("mysql", f"{login}@{server}:{u.port or 3306}" if login else f"{server}:{u.port or 3306}",
+                             u.path, u.query, ""))
         try:
-            reader = cx.read_sql("mysql://" + url.split("://", 1)[1], query, return_type="arrow_stream",
+            reader = cx.read_sql(pinned, query, return_type="arrow_stream",
                                  pre_execution_query=[UTC_SESSION, READ_ONLY_SESSION])
         except Exception as exc:  # noqa: BLE001 - the driver's message, with the URL redacted
             raise ConfigError(f"source database {redact_url(url)}: {driver_message(url, exc)}") from None

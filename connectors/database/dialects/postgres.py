@@ -7,20 +7,33 @@ unconstrained numeric, json/jsonb, uuid, interval and any other type as their ex
 A query stream's columns are found by preparing it (result types and modifiers), never by running it. A
 connection may import a snapshot exported by a CDC slot (connectors/database/cdc/replication.py), so the
 table's rows are read exactly as of the slot's consistent point.
+
+Every connection to a source goes through `conninfo`: the host is checked against the egress policy and the
+connection pinned to the checked addresses (`hostaddr=`), and every parameter that says where or as whom we
+connect is given explicitly, so libpq takes nothing from the worker's environment (`PGHOST`, `PGUSER`,
+`PGPASSWORD` ...) or home (`~/.pgpass`, client certificates). `PGSERVICE` can only fill parameters given
+nowhere else, none of which redirects the connection. After connecting, `check_source`
+(connectors/database/guard.py) refuses the control-plane database before anything is read.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import psycopg
 import pyarrow as pa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from connectors.database.dialects.base import Catalog, Column, Dialect, checked_pk, first_line
+from connectors.database.guard import SourceAccess, check_source
 from connectors.database.spec import TableSpec
+from engine.core.egress import EgressPolicy, check_host
 from engine.core.errors import ConfigError
+from engine.core.spec import redact_url
 from engine.core.sql import quote_ident
 
 NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "date",
@@ -30,6 +43,11 @@ NATIVE_ARRAYS = {"_int2", "_int4", "_int8", "_float4", "_float8", "_bool", "_tex
 INTEGER_TYPES = {"int2", "int4", "int8"}
 CURSOR_TYPES = {"int2", "int4", "int8", "timestamp", "timestamptz", "date", "numeric"}
 _SNAPSHOT_NAME = re.compile(r"^[0-9A-F-]+$")
+NO_FILE = "/dev/null/none"
+"""A path that cannot exist (/dev/null is no folder). libpq takes an empty `passfile` to mean ~/.pgpass, and a
+missing file to mean none, so this is how a source reads no password file or client certificate."""
+WORKER_FILES = ("passfile", "sslcert", "sslkey", "service", "hostaddr")
+"""URL parameters a spec may not set: they would use a file, a service or an address of the worker host."""
 
 
 class PostgresDialect(Dialect):
@@ -37,12 +55,18 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
 
-    def connect(self, url: str, snapshot: str | None = None) -> Any:
+    def connect(self, url: str, access: SourceAccess, snapshot: str | None = None) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
 
+        # With a snapshot the transaction is ours: it must import the snapshot before anything else.
+        conn = adbc.connect(conninfo(url, access.egress), autocommit=snapshot is not None)
+        try:
+            check_source(conn, access.control_plane, where=f"source database {redact_url(url)}")
+        except BaseException:
+            conn.close()
+            raise
         if snapshot is None:
-            return adbc.connect(read_only(url))
-        conn = adbc.connect(url, autocommit=True)  # the transaction is ours: it must import the snapshot first
+            return conn
         cur = conn.cursor()
         cur.execute("begin isolation level repeatable read read only")
         try:
@@ -122,16 +146,38 @@ class PostgresDialect(Dialect):
         return None
 
 
-def read_only(url: str) -> str:
-    """Return `url` with every transaction of its session read-only (`default_transaction_read_only`, through
-    libpq's `options`, added to any the URL has): a query stream may not write, even through a writable CTE
-    (`with x as (delete ...) select ...`) or a function with side effects."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    options = " ".join(v for k, v in query if k == "options")
-    rest = [(k, v) for k, v in query if k != "options"]
-    rest.append(("options", f"{options} -c default_transaction_read_only=on".strip()))
-    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
+def conninfo(url: str, egress: EgressPolicy, *, read_only: bool = True) -> str:
+    """The libpq connection string for a source `url`: its host checked against `egress` and pinned to the
+    checked addresses, every parameter that says where or as whom given explicitly (see the module docstring),
+    and, `read_only`, every transaction of the session read-only (`default_transaction_read_only`, added to the
+    URL's `options`): a query stream may not write, even through a writable CTE (`with x as (delete ...) select
+    ...`) or a function with side effects."""
+    shown = f"source database {redact_url(url)}"
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ConfigError(f"{shown}: not a PostgreSQL URL libpq can read") from None
+    refused = [k for k in WORKER_FILES if k in given]
+    if refused:
+        raise ConfigError(f"{shown}: `{refused[0]}=` would use a file, service or address of the worker host, and "
+                          "source URLs may not; give the server's host, port, user and database in the URL")
+    host, port = str(given.get("host") or ""), str(given.get("port") or "5432")
+    if not host or "," in host or not port.isdigit():
+        raise ConfigError(f"{shown}: name one server (postgresql://USER@HOST:PORT/DB, or ?host=/socket/folder "
+                          "for a Unix socket)")
+    addresses = check_host(host, egress, port=int(port), what=f"{shown}: host")
+    try:
+        user = str(given.get("user") or pwd.getpwuid(os.getuid()).pw_name)  # libpq's own default, without PGUSER
+    except KeyError:
+        raise ConfigError(f"{shown}: name the user in the URL (postgresql://USER@HOST/DB)") from None
+    # An empty hostaddr is none at all, where a missing one would be PGHOSTADDR's (which turns a socket into TCP).
+    params = {**given, "host": ",".join([host] * len(addresses)) or host, "hostaddr": ",".join(addresses),
+              "port": port, "user": user, "dbname": given.get("dbname") or user,
+              "password": given.get("password") or "", "passfile": NO_FILE, "sslcert": NO_FILE, "sslkey": NO_FILE,
+              "sslmode": given.get("sslmode") or "prefer", "connect_timeout": given.get("connect_timeout") or "10"}
+    if read_only:
+        params["options"] = f"{given.get('options') or ''} -c default_transaction_read_only=on".strip()
+    return make_conninfo("", **params)
 
 
 def snapshot_name(name: str) -> str:

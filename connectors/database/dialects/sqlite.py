@@ -1,7 +1,8 @@
 """SQLite files (`sqlite:///absolute/path.db`) over ADBC.
 
 A query stream's columns come from a temporary view of it (this connection's only): SQLite declares the
-types of the columns the query passes through.
+types of the columns the query passes through. A file is opened only inside the folders the egress policy
+allows (IPAI_SQLITE_ROOTS; engine/core/egress.py), by its resolved path.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from connectors.database.dialects.base import Catalog, Column, Dialect, checked_pk
+from connectors.database.guard import SourceAccess
 from connectors.database.spec import TableSpec
+from engine.core.egress import check_path
 
 
 class SqliteDialect(Dialect):
@@ -19,13 +22,13 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
 
-    def connect(self, url: str, snapshot: str | None = None) -> Any:
+    def connect(self, url: str, access: SourceAccess, snapshot: str | None = None) -> Any:
         import adbc_driver_sqlite.dbapi as adbc
 
-        path = Path(urlsplit(url).path)
+        path = check_path(Path("/" + urlsplit(url).path.lstrip("/")), access.egress)  # sqlite:////x is /x too
         if not path.exists():
             raise FileNotFoundError(f"no such file {path}")
-        return adbc.connect(path.resolve().as_uri() + "?mode=ro")  # a query stream may not write the file
+        return adbc.connect(path.as_uri() + "?mode=ro")  # a query stream may not write the file
 
     def qualified(self, t: TableSpec) -> str:
         return self.quote(t.table_name) if t.schema_name == "public" else super().qualified(t)

@@ -1,6 +1,7 @@
--- One row per pull request of the synced GitHub repositories (spec `github`), with its timings.
+-- One row per pull request of the repositories every GitHub instance syncs, with its timings.
 -- GitHub sends times as ISO 8601 text (bronze keeps them as text): they are read as timestamptz here.
 select
+    pr.instance,
     pr.repo,
     pr.number,
     pr.id as pull_request_id,
@@ -14,5 +15,5 @@ select
     pr.merged_at is not null as is_merged,
     (extract(epoch from pr.merged_at::timestamptz - pr.created_at::timestamptz) / 3600)::double precision
         as hours_to_merge
-from silver.github_pull_requests pr
+from silver.pull_requests pr
 where not pr._ipai_deleted

@@ -1,9 +1,10 @@
--- Posted invoices, credit notes and vendor bills of Odoo (spec `odoo`: streams account_move, res_partner,
+-- Posted invoices, credit notes and vendor bills of every Odoo instance (streams account_move, res_partner,
 -- res_company), with what is still open and how overdue it is as of today (the session's current_date).
 -- Amounts are Odoo's *_signed fields, in the company's currency: positive when the partner owes the
 -- company (customer invoices, vendor refunds), negative when the company owes (vendor bills, customer
 -- credit notes).
 select
+    m.instance,
     m.id as move_id,
     m.name as number,
     m.move_type,
@@ -27,9 +28,10 @@ select
          when current_date - m.invoice_date_due <= 60 then '31-60'
          when current_date - m.invoice_date_due <= 90 then '61-90'
          else '90+' end as aging_bucket
-from silver.odoo_account_move m
-left join silver.odoo_res_partner p on p.id = m.commercial_partner_id and not p._ipai_deleted
-left join silver.odoo_res_company c on c.id = m.company_id and not c._ipai_deleted
+from silver.account_move m
+left join silver.res_partner p on p.instance = m.instance and p.id = m.commercial_partner_id
+    and not p._ipai_deleted
+left join silver.res_company c on c.instance = m.instance and c.id = m.company_id and not c._ipai_deleted
 where not m._ipai_deleted
   and m.state = 'posted'
   and m.move_type in ('out_invoice', 'out_refund', 'in_invoice', 'in_refund')

@@ -1,6 +1,7 @@
 -- Receivables aging: what each customer still owes each company, by how overdue it is, from the open
 -- customer invoices and credit notes of gold_finance_invoices (credit notes reduce what is owed).
 select
+    instance,
     company_id,
     company_name,
     partner_id,
@@ -16,4 +17,4 @@ select
     max(days_overdue) as max_days_overdue
 from gold.gold_finance_invoices
 where move_type in ('out_invoice', 'out_refund') and amount_open <> 0
-group by company_id, company_name, partner_id, partner_name
+group by instance, company_id, company_name, partner_id, partner_name

@@ -1,6 +1,7 @@
 -- Daily orders and revenue of the sample shop per shipping country and currency, from gold_sales_orders.
 -- Cancelled orders are counted apart and bring no revenue or units.
 select
+    instance,
     order_date,
     shipping_country,
     currency,
@@ -11,4 +12,4 @@ select
     coalesce(sum(amount) filter (where status <> 'cancelled'), 0) as revenue,
     avg(amount) filter (where status <> 'cancelled') as avg_order_value
 from gold.gold_sales_orders
-group by order_date, shipping_country, currency
+group by instance, order_date, shipping_country, currency

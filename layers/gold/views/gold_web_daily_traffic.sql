@@ -1,7 +1,8 @@
--- Daily web traffic per GA4 property, from the `daily_traffic` report of the `ga4` spec (dimensions date,
+-- Daily web traffic per GA4 property, from the `daily_traffic` report of every GA4 instance (dimensions date,
 -- country, deviceCategory). Ratios are weighted by sessions: GA4 computes them per report row as a ratio
 -- over that row's sessions, so averaging them would weigh a row with 3 sessions like one with 3,000.
 select
+    t.instance,
     t.property_id,
     t.date::date as date,
     sum(t.sessions)::bigint as sessions,
@@ -13,6 +14,6 @@ select
     (sum(t.sessions) filter (where t."deviceCategory" = 'mobile'))::double precision
         / nullif(sum(t.sessions), 0) as mobile_session_share,
     count(distinct t.country) as countries
-from silver.ga4_daily_traffic t
+from silver.daily_traffic t
 where not t._ipai_deleted
-group by t.property_id, t.date::date
+group by t.instance, t.property_id, t.date::date
