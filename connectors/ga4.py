@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from connectors.httpkit import (
     DateWindows, ErrorRule, HttpApi, HttpSource, HttpStream, HttpStreamSpec, Incremental, OffsetPaginator, PageRequest,
-    QuotaReading, RateLimit, RetryPolicy, ValuesPartitioner, seconds_to_reset,
+    QuotaReading, RateLimit, RetryPolicy, ValuesPartitioner, checked_base_url, seconds_to_reset,
 )
 from engine.core.protocol import Partition
 from engine.core.spec import NAME_PATTERN, ConnectorSpec, SpecModel
@@ -69,6 +69,11 @@ class Ga4Source(SpecModel):
     reports: tuple[Ga4Report, ...] = Field(min_length=1)
     rate_limit: RateLimit = RateLimit(requests_per_second=5.0, remaining_header=None, reset_header=None)
     retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return checked_base_url(value)  # no credentials in it (use `auth:`)
 
     @field_validator("property_ids")
     @classmethod

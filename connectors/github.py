@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from connectors.httpkit import (
     CursorParamPaginator, ErrorRule, HttpApi, HttpSource, HttpStream, HttpStreamSpec, Incremental, LinkHeaderPaginator,
-    PageRanges, ParentPartitioner, RateLimit, RetryPolicy, ValuesPartitioner,
+    PageRanges, ParentPartitioner, RateLimit, RetryPolicy, ValuesPartitioner, checked_base_url,
 )
 from engine.core.spec import ConnectorSpec, SpecModel, repeated
 
@@ -56,6 +56,11 @@ class GitHubSource(SpecModel):
     """GitHub's secondary limit allows 900 points a minute per endpoint, a GET costing one (github.md
     s.7): 15 requests a second. The primary 5,000 an hour is tracked from the response headers."""
     retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return checked_base_url(value)  # no credentials in it (use `auth:`)
 
     @model_validator(mode="after")
     def _some_repos(self) -> GitHubSource:

@@ -15,19 +15,13 @@ from pydantic import TypeAdapter, ValidationError
 from connectors import CONNECTORS
 from engine.core.errors import SpecError
 from engine.core.spec import ConnectorSpec
-from engine.core.yamlfile import SpecIssue, plain_yaml, position, read_mapping, validation_issues
+from engine.core.yamlfile import SpecIssue, plain_yaml, position, read_mapping, read_text, validation_issues
 
 
 def load_spec(path: str | Path) -> ConnectorSpec:
     """Read and validate the spec at `path`; raise `SpecError` listing every problem found."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file", issues=[]) from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", issues=[]) from None
-    return parse_spec(text, filename=str(path))
+    return parse_spec(read_text(path), filename=str(path))
 
 
 def parse_spec(text: str, *, filename: str = "<spec>") -> ConnectorSpec:

@@ -2,7 +2,11 @@
 
 Run it with `ipai mcp` (stdio, for a local agent; acts for the settings' tenant, as the CLI does) or
 `ipai mcp --http` (streamable HTTP; every request carries `Authorization: Bearer <token>` from
-`ipai token create`, and acts for that token's tenant only). Every tool answers one JSON object:
+`ipai token create`, and acts for that token's tenant only; an expired token is answered 401 with a message
+saying so, and each token may make `--requests-per-minute` tool calls a minute, more are answered
+`rate_limited`). Beyond loopback, HTTP is served only with TLS (`--tls-cert/--tls-key`) or, behind a proxy that
+terminates TLS, with `--insecure`; HTTP callers cannot make a pipeline read server files (spec steps, gold
+`dir`). Every tool answers one JSON object:
 
     {"ok": true, ...}
     {"ok": false, "error": {"code": "...", "message": "...", "details": {...}, "retryable": false}}
@@ -33,6 +37,10 @@ from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.dependencies import get_access_token
 from ruamel.yaml import YAML
+from starlette.authentication import AuthenticationError
+from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
 
 from engine.controlplane import records
 
@@ -47,6 +55,7 @@ from engine.core.secrets import secret_refs
 from engine.controlplane.vault import list_secrets, vault_session
 from engine.core.spec import ConnectorSpec, redact_url
 from connectors.specload import parse_spec
+from engine.core.yamlfile import MAX_DEPTH, read_mapping
 
 log = logging.getLogger("ipai.mcp")
 
@@ -57,7 +66,7 @@ connector_status(run_id) until status is succeeded/failed/deferred -> connector_
 Every answer has "ok"; on false, read error.code and error.retryable."""
 
 # Error codes an agent may see, and whether trying the same call again later can succeed.
-RETRYABLE = {"unavailable": True, "conflict": True, "internal": True}
+RETRYABLE = {"unavailable": True, "conflict": True, "internal": True, "rate_limited": True}
 PRD_NAMES = {"connector_list": "connector:list", "connector_create": "connector:create",
              "connector_run": "connector:run", "connector_status": "connector:status",
              "connector_logs": "connector:logs"}
@@ -111,16 +120,38 @@ class ControlPlaneTokens(TokenVerifier):
         self.platform = platform
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        owner = await anyio.to_thread.run_sync(self.platform.owner, token)
+        try:
+            owner = await anyio.to_thread.run_sync(self.platform.owner, token)
+        except tokens.TokenExpired as exc:
+            raise AuthenticationError(str(exc)) from None  # answered by `_refused`: 401 with the reason
         if owner is None:
             return None
         return AccessToken(token=token, client_id=owner.name, scopes=[],
-                           claims={"tenant_id": owner.tenant_id, "tenant": owner.tenant})
+                           expires_at=int(owner.expires_at.timestamp()) if owner.expires_at else None,
+                           claims={"tenant_id": owner.tenant_id, "tenant": owner.tenant, "token_id": owner.token_id,
+                                   "token": owner.name})
+
+    def get_middleware(self) -> list[Any]:
+        """FastMCP's authentication, answering a refusal that has a reason (an expired token) with that reason."""
+        layers = super().get_middleware()
+        first = layers[0]
+        layers[0] = Middleware(first.cls, *first.args, **{**first.kwargs, "on_error": _refused})
+        return layers
 
 
-def build_server(platform: Platform, *, http: bool, pipeline_workers: bool = True) -> FastMCP:
-    """The FastMCP server with every tool; over HTTP, only requests with a valid token get through.
+def _refused(conn: HTTPConnection, exc: Exception) -> JSONResponse:
+    reason = str(exc)
+    return JSONResponse({"error": "invalid_token", "error_description": reason}, status_code=401,
+                        headers={"WWW-Authenticate": 'Bearer error="invalid_token", error_description="'
+                                 + reason.replace('"', "'") + '"'})
+
+
+def build_server(platform: Platform, *, http: bool, pipeline_workers: bool = True,
+                 requests_per_minute: int = 120) -> FastMCP:
+    """The FastMCP server with every tool; over HTTP, only requests with a valid token get through, and each
+    token makes at most `requests_per_minute` tool calls a minute (0: no limit).
     `pipeline_workers`: pipelines start local workers for their parallel steps (false where a fleet serves)."""
+    budget = tokens.RequestBudget(requests_per_minute)
     server: FastMCP = FastMCP("ipai", instructions=INSTRUCTIONS, auth=ControlPlaneTokens(platform) if http else None,
                               mask_error_details=True)
 
@@ -132,7 +163,21 @@ def build_server(platform: Platform, *, http: bool, pipeline_workers: bool = Tru
             raise PermissionError("no valid bearer token")  # the auth middleware answers 401 before this
         return str(token.claims["tenant_id"])
 
+    def over_budget() -> dict[str, Any] | None:
+        token = get_access_token() if http else None
+        if token is None:
+            return None
+        wait = budget.spend(str(token.claims.get("token_id") or token.client_id))
+        if wait is None:
+            return None
+        return error("rate_limited", f"token {token.claims.get('token', '')!r} has made its {budget.per_minute} "
+                     f"requests of this minute (the server's --requests-per-minute); try again in {wait:.0f} s",
+                     {"retry_after_s": round(wait, 1), "requests_per_minute": budget.per_minute})
+
     def answer(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        refused = over_budget()
+        if refused is not None:
+            return refused
         try:
             return call()
         except SpecError as exc:
@@ -225,12 +270,9 @@ def build_server(platform: Platform, *, http: bool, pipeline_workers: bool = Tru
                 raise ConfigError("path: files on the server are readable over stdio only; send the pipeline's "
                                   "YAML text instead")
             return load_pipeline(path)
-        parsed = parse_pipeline(str(text), "pipeline", base_dir=Path.cwd())
-        if http and any(step.spec is not None for step in parsed.steps):
-            names = ", ".join(f"steps.{s.name}.spec" for s in parsed.steps if s.spec is not None)
-            raise ConfigError(f"{names}: spec steps read files on the server, which HTTP callers may not; "
-                              "register the spec with connector_create and use a run step ({run: NAME})")
-        return parsed
+        # Over HTTP, spec steps and gold `dir` are refused before any file is looked at: no server folder
+        # is read, nor is its existence told.
+        return parse_pipeline(str(text), "pipeline", base_dir=Path.cwd(), server_files=not http)
 
     @server.tool(annotations={"readOnlyHint": True})
     def pipeline_validate(pipeline_yaml: str | None = None, path: str | None = None) -> dict[str, Any]:
@@ -270,6 +312,7 @@ def build_server(platform: Platform, *, http: bool, pipeline_workers: bool = Tru
 
 def _spec_text(spec: str | dict[str, Any]) -> str:
     if isinstance(spec, dict):
+        _check_depth(spec)  # before dumping: the dumper recurses once per level
         out = io.StringIO()
         YAML(typ="safe", pure=True).dump(spec, out)
         return out.getvalue()
@@ -282,17 +325,26 @@ def _with_overrides(text: str, *, env: str | None, schedule: str | None) -> str:
     """The spec text with env/schedule replaced; comments and order kept (the stored text is reviewed)."""
     if env is None and schedule is None:
         return text
-    yaml = YAML(typ="rt")
-    data = yaml.load(text)
-    if not hasattr(data, "__setitem__"):
-        return text  # not a mapping: parse_spec reports it
+    # Loaded within the spec limits (size, depth, no aliases): the same refusals parse_spec would give.
+    data = read_mapping(text, "spec", "a spec must be a mapping of fields (name, source_type, ...)")
     if env is not None:
         data["env"] = env
     if schedule is not None:
         data["schedule"] = schedule
     out = io.StringIO()
-    yaml.dump(data, out)
+    YAML(typ="rt").dump(data, out)
     return out.getvalue()
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse a spec object nested deeper than spec files may be (engine/core/yamlfile.py), without recursing."""
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(v, (dict, list))]
+        if not level:
+            return
+    raise SpecError(f"spec: nested more than {MAX_DEPTH} levels deep", issues=[])
 
 
 def _summary(spec: ConnectorSpec) -> dict[str, Any]:
@@ -309,12 +361,15 @@ def _spec_errors(exc: SpecError) -> list[dict[str, Any]]:
 
 
 def serve(settings: Settings, *, http: bool, host: str = "127.0.0.1", port: int = 8765,
-          pipeline_workers: bool = True) -> None:
-    """Serve until the client closes stdio, or until interrupted over HTTP."""
+          pipeline_workers: bool = True, tls: tuple[str, str] | None = None, requests_per_minute: int = 120) -> None:
+    """Serve until the client closes stdio, or until interrupted over HTTP (HTTPS with `tls`: cert and key
+    files). The CLI has checked the address (`check_bind`): beyond loopback only with TLS or `--insecure`."""
     platform = Platform.open(settings)
-    server = build_server(platform, http=http, pipeline_workers=pipeline_workers)
+    server = build_server(platform, http=http, pipeline_workers=pipeline_workers,
+                          requests_per_minute=requests_per_minute)
     if http:
-        server.run(transport="http", host=host, port=port, path="/mcp", show_banner=False)
+        ssl = {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]} if tls else {}
+        server.run(transport="http", host=host, port=port, path="/mcp", show_banner=False, uvicorn_config=ssl)
     else:
         logging.basicConfig(stream=sys.stderr, level=logging.WARNING)  # stdout carries the protocol
         server.run(transport="stdio", show_banner=False)

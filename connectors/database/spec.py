@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.core.spec import NAME_PATTERN, ConnectorSpec, SecretRef, SpecModel, redact_url
+from engine.core.spec import NAME_PATTERN, ConnectorSpec, SecretRef, SpecModel
+from engine.core.urls import credential_in
 
 class TableSpec(SpecModel):
     """One table, or one query, to sync as a stream."""
@@ -72,8 +73,9 @@ class TableSpec(SpecModel):
 def checked_url(value: str | SecretRef, schemes: tuple[str, ...], advice: str) -> str | SecretRef:
     """A source database URL from a spec: one of `schemes`, and never a password in clear."""
     if isinstance(value, str):
-        if redact_url(value) != value:
-            raise ValueError("the URL carries a password; store the whole URL as a secret "
+        found = credential_in(value)
+        if found:
+            raise ValueError(f"the URL carries {found}; store the whole URL as a secret "
                              "(`ipai secret set NAME`) and write url: {secret: NAME}")
         if not value.startswith(schemes):
             raise ValueError(advice)

@@ -29,7 +29,7 @@ from connectors.httpkit.components import (
     checked_base_url,
 )
 from connectors.httpkit.credential import CredentialRef
-from connectors.httpkit.egress import EgressPolicy, EgressRefused, refuse_link_local
+from connectors.httpkit.egress import CheckedTransport, EgressPolicy, EgressRefused, refuse_link_local
 from connectors.httpkit.errors import (
     DEFAULT_RULES, AuthExpired, HttpFailed, HttpRetryable, QuotaDeferred, RateLimited, api_message, classify,
     retry_after_seconds,
@@ -52,7 +52,7 @@ __all__ = [
     "Requester", "Response", "TokenExchange", "Tokens", "loads", "needs_exchange", "seconds_to_reset",
     "static_credentials", "to_batch",
     # where requests may go (egress.py)
-    "EgressPolicy", "EgressRefused", "refuse_link_local",
+    "CheckedTransport", "EgressPolicy", "EgressRefused", "refuse_link_local",
     # the error table and errors (errors.py)
     "DEFAULT_RULES", "AuthExpired", "HttpFailed", "HttpRetryable", "QuotaDeferred", "RateLimited", "api_message",
     "classify", "retry_after_seconds",

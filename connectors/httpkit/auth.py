@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from connectors.httpkit.egress import EgressPolicy
+from connectors.httpkit.egress import CheckedTransport, EgressPolicy, EgressRefused
 from connectors.httpkit.errors import HttpFailed, HttpRetryable, api_message
 from engine.core.secrets import SecretStore
 from engine.core.spec import ApiKeyAuth, BasicAuth, BearerAuth, NoAuth, OAuth2RefreshAuth, ServiceAccountAuth
@@ -65,20 +65,23 @@ class TokenExchange:
         self.current: AccessToken | None = None
         self.exchanges = 0
 
-    def token(self, *, stale: str | None = None) -> AccessToken:
-        """Return a fresh token; exchange for a new one unless the current one is fresh and not `stale`."""
+    def token(self, *, stale: str | None = None, store: SecretStore | None = None) -> AccessToken:
+        """Return a fresh token; exchange for a new one unless the current one is fresh and not `stale`.
+
+        `store` is the asking run's: the exchange reads and rotates the refresh token through the run that
+        needs it, since the run that started this exchanger may have ended (its claim no longer reads)."""
         cur = self.current
         if cur is not None and cur.value != stale and cur.fresh(time.time()):
             return cur
-        self.current = self._exchange()
+        self.current = self._exchange(store or self.store)
         return self.current
 
-    def _exchange(self) -> AccessToken:
+    def _exchange(self, store: SecretStore) -> AccessToken:
         if isinstance(self.auth, OAuth2RefreshAuth):
             url = self.auth.token_url
             refresh_name = self.auth.refresh_token.secret
             # The store, not the value resolved at run start: another run may have rotated it since.
-            refresh = self.store.get(refresh_name) or self.secrets[refresh_name]
+            refresh = store.get(refresh_name) or self.secrets[refresh_name]
             form = {"grant_type": "refresh_token", "refresh_token": refresh, "client_id": self.auth.client_id,
                     "client_secret": self.secrets[self.auth.client_secret.secret]}
             if self.auth.scopes:
@@ -87,10 +90,14 @@ class TokenExchange:
             key = json.loads(self.secrets[self.auth.key_json.secret])
             url = key.get("token_uri") or "https://oauth2.googleapis.com/token"
             form = {"grant_type": JWT_BEARER, "assertion": _signed_jwt(key, url, self.auth.scopes)}
-        self.egress.check_url(url)
         try:
-            with httpx.Client(timeout=30.0, follow_redirects=False) as client:
+            self.egress.check_url(url)  # a URL without a host or scheme is refused here, not retried
+            # Through the egress policy's transport: the name resolved once, every address checked, and the
+            # connection made to a checked one (never a second lookup that could answer otherwise).
+            with httpx.Client(transport=CheckedTransport(self.egress), timeout=30.0, follow_redirects=False) as client:
                 response = client.post(url, data=form, headers={"Accept": "application/json"})
+        except EgressRefused as exc:
+            raise EgressRefused(f"token endpoint {url} refused: {exc}") from None
         except httpx.HTTPError as exc:
             raise HttpRetryable(f"token endpoint {url}: {type(exc).__name__}") from None
         self.exchanges += 1
@@ -112,7 +119,7 @@ class TokenExchange:
         rotated = data.get("refresh_token")
         if isinstance(self.auth, OAuth2RefreshAuth) and isinstance(rotated, str) and rotated:
             # Stored before anything uses it: the old one is already spent at the provider.
-            self.store.set(self.auth.refresh_token.secret, rotated)
+            store.set(self.auth.refresh_token.secret, rotated)
             self.secrets[self.auth.refresh_token.secret] = rotated
         expires_in = float(data.get("expires_in") or 3600)
         now = time.time()

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from engine.core.spec import SpecModel, repeated
+from engine.core.urls import is_credential_name
 
 JsonPath = tuple[str, ...]
 """A path into a JSON body: keys of objects, or decimal indexes of arrays (`["data", "items"]`)."""
 
 PLACEHOLDER = re.compile(r"{([a-z_][a-z0-9_]*)}")
+CREDENTIAL_HEADER = re.compile(r"authorization|cookie|api[-_]?key|token|secret|passw(or)?d|auth", re.IGNORECASE)
+"""Header names that carry credentials (Authorization, Cookie, X-API-Key, X-Auth-Token, Private-Token ...):
+never written in a spec's `headers`, whose values are stored and shown in clear."""
 
 
 # -- paginators: what the next page is, and where its token goes ---------------------------------------
@@ -314,7 +319,8 @@ class HttpSource(SpecModel):
     base_url: str
     """`https://` root of the API; plain `http://` only to loopback in dev mode (IPAI_DEV_MODE=1)."""
     headers: dict[str, str] = Field(default_factory=dict)
-    """Headers sent with every request (never secrets: use `auth`)."""
+    """Headers sent with every request; never credentials (Authorization, Cookie, API keys, tokens: use
+    `auth`, which keeps them in the Vault and off redirects to other hosts)."""
     rate_limit: RateLimit = RateLimit()
     retry: RetryPolicy = RetryPolicy()
     concurrency: int = Field(default=8, ge=1, le=64)
@@ -338,9 +344,28 @@ class HttpSource(SpecModel):
     def _scheme(cls, value: str) -> str:
         return checked_base_url(value)
 
+    @field_validator("headers")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if CREDENTIAL_HEADER.search(name):
+                raise ValueError(f"header {name!r} carries credentials, which a spec never holds in clear; use "
+                                 "`auth:` (bearer, basic, or api_key with `header: NAME`), whose values are "
+                                 "references to the Vault ({secret: NAME})")
+        return value
+
 
 def checked_base_url(value: str) -> str:
-    """A spec's `base_url`: http(s), without a trailing slash (egress rules apply when it is used)."""
+    """A spec's `base_url`: http(s), without a trailing slash or credentials (egress rules apply when it is
+    used)."""
     if not value.startswith(("https://", "http://")):
         raise ValueError("base_url must start with https:// (http:// only to loopback in dev mode)")
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("base_url carries credentials (user:password@); remove them and use `auth:` (basic, "
+                         "bearer or api_key), whose values are references to the Vault ({secret: NAME})")
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if is_credential_name(name):
+            raise ValueError(f"base_url carries a credential in its parameter `{name}=`; remove it and use "
+                             "`auth:` (api_key with `query_param: NAME`), whose value is a reference to the Vault")
     return value.rstrip("/")

@@ -108,12 +108,13 @@ class CredentialActor:
         with self.lock:
             self.budget.pause(time.time() + seconds, reason)
 
-    def token(self, stale: str | None = None) -> AccessToken:
-        """Return a fresh access token; exchanges at most once at a time, for every caller."""
+    def token(self, stale: str | None = None, store: SecretStore | None = None) -> AccessToken:
+        """Return a fresh access token; exchanges at most once at a time, for every caller, through the
+        caller's run's `store` (the actor outlives the run that started it)."""
         assert self.exchange is not None, "token() on a credential without a token exchange"
         self.last_call = time.monotonic()
         with self.token_lock:
-            return self.exchange.token(stale=stale)
+            return self.exchange.token(stale=stale, store=store)
 
     def stats(self) -> dict[str, Any]:
         return {"granted": self.budget.granted, "exchanges": self.exchange.exchanges if self.exchange else 0,

@@ -1,5 +1,11 @@
 """Sending one request well: budget, credentials, egress policy, redirects, the error table, retries.
 
+Redirects are followed by hand (at most MAX_REDIRECTS), each hop checked by the egress policy. Credentials
+stay with the origin they were given for: once a redirect changes scheme, host or port, `Authorization`,
+`Proxy-Authorization`, `Cookie`, the auth's own header (`auth_headers`) and its query parameters
+(`auth_params`, also taken out of the redirect's URL) are no longer sent, and a request body (which may carry
+a login) is not sent to the other origin at all.
+
 Pages are fetched with aiohttp inside each read task, several at a time on one event loop. aiohttp
 rather than httpx here because it is measured: ~200k rows/s of issue-like pages per process against
 ~50k for httpx's sync client and ~25k for its AsyncClient (ARCHITECTURE.md); on two cores the HTTP
@@ -11,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -31,10 +37,12 @@ from connectors.httpkit.errors import (
     retry_after_seconds,
 )
 from connectors.httpkit.paginate import PageRequest
-from engine.core.secrets import Redactor
+from engine.core.secrets import Redactor, SecretStore
 
 USER_AGENT = "ipai-data-connectors/0.1 (+https://github.com/ipai)"
 MAX_REDIRECTS = 5
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+"""Never sent past a redirect to another origin, whoever set them."""
 RATE_LIMITED_RETRIES = 60
 ADVICE = {
     401: "the credential was refused (for OAuth, a freshly exchanged token too); check it and store it again "
@@ -76,8 +84,8 @@ class CredentialHandle:
 class Tokens:
     """The task's copy of the credential's access token, renewed through the credential actor."""
 
-    def __init__(self, actor: CredentialHandle) -> None:
-        self.actor = actor
+    def __init__(self, actor: CredentialHandle, store: SecretStore | None = None) -> None:
+        self.actor, self.store = actor, store
         self.current: AccessToken | None = None
 
     async def get(self) -> str:
@@ -88,7 +96,7 @@ class Tokens:
 
     async def refresh(self, stale: str | None) -> None:
         """Ask the actor for a token other than `stale`; concurrent askers share one exchange."""
-        self.current = await self.actor.call("token", stale)
+        self.current = await self.actor.call("token", stale, self.store)  # through this run's claim
 
 
 class Requester:
@@ -96,17 +104,22 @@ class Requester:
 
     `scope` names the part of the API its requests draw on when the API keeps a quota for each part (GA4:
     a property); the budget then holds them only when that part's quota or the whole credential's is spent.
+    `auth_headers` and `auth_params` name the entries of `headers` and `params` that carry credentials: they
+    stay with the request's origin (see the module docstring).
     """
 
     def __init__(
         self, *, session: aiohttp.ClientSession, actor: CredentialHandle, tokens: Tokens | None, headers: dict[str, str],
         params: dict[str, str], rules: Sequence[ErrorRule], retry: RetryPolicy, rate_limit: RateLimit,
-        egress: EgressPolicy, redact: Redactor, scope: str = "",
+        egress: EgressPolicy, redact: Redactor, scope: str = "", auth_headers: Collection[str] = (),
+        auth_params: Collection[str] = (),
     ) -> None:
         self.session, self.actor, self.tokens = session, actor, tokens
         self.headers, self.params, self.rules = headers, params, tuple(rules)
         self.retry, self.rate_limit, self.egress, self.redact = retry, rate_limit, egress, redact
         self.scope = scope
+        self.auth_headers = CREDENTIAL_HEADERS | {h.lower() for h in auth_headers}
+        self.auth_params = frozenset(auth_params)
         self.clear_until = 0.0
         self.asking = asyncio.Lock()
 
@@ -180,6 +193,7 @@ class Requester:
 
     async def _follow(self, request: PageRequest, headers: dict[str, str], params: dict[str, Any]) -> Response:
         url, method, body = request.url, request.method, request.body
+        origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 self.egress.check_url(url)
@@ -202,6 +216,13 @@ class Requester:
                 url, params = urljoin(out.url, out.headers["location"]), {}
                 if out.status == 303:
                     method, body = "GET", None
+                if _origin(url) != origin:
+                    if body is not None:
+                        raise HttpFailed(f"{method} {self.redact(out.url)} redirected to another origin "
+                                         f"({self.redact(url.split('?')[0])}); its body is not sent there (it may "
+                                         "carry credentials): point the spec at the address the API answers on")
+                    headers = {k: v for k, v in headers.items() if k.lower() not in self.auth_headers}
+                    url = _without_params(url, self.auth_params)
                 continue
             return out
         raise HttpFailed(f"{self.redact(request.url)}: more than {MAX_REDIRECTS} redirects")
@@ -286,6 +307,22 @@ def seconds_to_reset(every: str, tz: str, now: float) -> float:
     else:
         boundary = datetime.combine(moment.date() + timedelta(days=1), datetime.min.time(), ZoneInfo(tz))
     return max(1.0, boundary.timestamp() - now)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of `url`: credentials are sent only where these stay the same."""
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _without_params(url: str, names: frozenset[str]) -> str:
+    """`url` without the query parameters in `names` (an API key a server echoed into its redirect)."""
+    parts = urlsplit(url)
+    if not names or not parts.query:
+        return url
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in names]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
 def _text(value: Any) -> str:

@@ -228,10 +228,11 @@ class HttpReader:
         connector = aiohttp.TCPConnector(limit=api.concurrency, resolver=api.egress.resolver())
         async with aiohttp.ClientSession(connector=connector) as session:
             requester = Requester(
-                session=session, actor=actor, tokens=Tokens(actor) if needs_exchange(api.auth) else None,
+                session=session, actor=actor, tokens=Tokens(actor, self.store) if needs_exchange(api.auth) else None,
                 headers={**dict(api.headers), **headers}, params=params,
                 rules=self.spec.errors + api.rules + DEFAULT_RULES, retry=api.retry,
                 rate_limit=api.rate_limit, egress=api.egress, redact=self.redact, scope=scope,
+                auth_headers=tuple(headers), auth_params=tuple(params),
             )
             return await work(requester)
 

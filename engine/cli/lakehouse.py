@@ -126,8 +126,9 @@ def optimize(
 @lakehouse_app.command("export")
 def export(
     table: TableArg,
-    to: Annotated[Path, typer.Option("--to", help="Local folder for the Parquet files; created, or replaced "
-                  "when it holds a previous export.", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="Local folder for the Parquet files; created, or replaced "
+                  "when it holds a previous export (its _IPAI_EXPORT.json). Object storage URIs are refused "
+                  "for now.", show_default=False)],
     layer: LayerOpt = None,
     version: Annotated[int | None, typer.Option("--version", help="Delta version to export (default: the "
                        "latest).", show_default=False)] = None,
@@ -136,14 +137,15 @@ def export(
     lakehouse: LakehouseOpt = None,
 ) -> None:
     """Export TABLE as plain Parquet files, with a `_SUCCESS` file naming the Delta version written last."""
-    from layers.lakehouse.export import export_parquet
+    from layers.lakehouse.export import export_parquet, local_destination
     from layers.lakehouse.upkeep import find_tables
 
     settings = resolve_settings(lakehouse=lakehouse)
     with _reported():
         [ref] = find_tables(settings.lakehouse_uri, table, layer=layer, tenant=settings.tenant)
-        _outside_lakehouse(to, settings.lakehouse_uri)
-        result = export_parquet(ref.uri, to, version=version, partition_by=partition_by)
+        dest = local_destination(to)  # `--to` stays text: a Path would turn s3://b/x into the folder s3:/b/x
+        _outside_lakehouse(dest, settings.lakehouse_uri)
+        result = export_parquet(ref.uri, dest, version=version, partition_by=partition_by)
     out.print(f"exported {ref.label} version {result.version}: {result.rows:,} rows in {result.files} Parquet "
               f"files ({_size(result.bytes)}) to {result.dest}", highlight=False, soft_wrap=True)
 

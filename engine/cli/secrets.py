@@ -20,6 +20,7 @@ def secret_set(
 ) -> None:
     """Store a secret in the Vault, read from stdin (never from the command line, where shells and `ps` keep it)."""
     from engine.controlplane.vault import store_secret
+    from engine.core.secrets import check_secret_value
 
     if sys.stdin.isatty():
         import getpass
@@ -30,6 +31,7 @@ def secret_set(
     value = value.rstrip("\r\n")
     if not value:
         raise ConfigError(f"no value for secret {name!r} on stdin; pipe it in: `ipai secret set {name} < file`")
+    check_secret_value(name, value)  # before any connection: a short value is refused as it is
     with control_plane(resolve_settings(database_url), quiet=True, create_key=True) as db, db.connect() as conn:
         created = store_secret(conn, name, value)
     out.print(f"secret {name} {'stored' if created else 'replaced'} in the Vault", highlight=False)

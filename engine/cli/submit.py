@@ -23,6 +23,7 @@ from engine.controlplane import records
 from engine.controlplane.db import Database
 from engine.controlplane.settings import Settings
 from engine.core.errors import IpaiError, RunCancelled, RunConflict
+from engine.core.private import open_private, private_dir
 from engine.core.spec import ConnectorSpec
 
 if TYPE_CHECKING:
@@ -138,9 +139,8 @@ def _start_background(spec_file: Path, settings: Settings, run_id: str, db: Data
     env = dict(os.environ)
     if settings.database_url:
         env["IPAI_DATABASE_URL"] = settings.database_url  # through the environment: never on a command line
-    log_dir = settings.home / "runs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{run_id}.log", "ab") as log_file:
+    log_dir = private_dir(settings.home, "runs")
+    with open_private(log_dir / f"{run_id}.log") as log_file:
         subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
                          start_new_session=True)
     deadline = time.monotonic() + 60

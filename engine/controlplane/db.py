@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from connectors import SOURCE_TYPES
 from engine.controlplane.settings import Settings
 from engine.core.errors import DatabaseUnreachable
+from engine.core.private import private_dir
 from engine.core.spec import redact_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "supabase" / "migrations"
@@ -55,7 +58,7 @@ def open_database(settings: Settings) -> Database:
 
 def start_embedded(pgdata: Path) -> Database:
     """Start (or join) the embedded PostgreSQL whose data lives in `pgdata`."""
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(pgdata.parent)  # the IPAI home: owner-only, as the database files in it are
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -83,6 +86,9 @@ def connect(url: str, *, session: dict[str, str] | None = None) -> psycopg.Conne
         options = conninfo_to_dict(url).get("options") or ""
         # In the startup packet, so a value (the Vault key) never appears in a statement or the server's log.
         extra["options"] = " ".join([str(options), *(f"-c {k}={_escape_option(v)}" for k, v in session.items())]).strip()
+    sslmode = default_sslmode(url)
+    if sslmode:
+        extra["sslmode"] = sslmode
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, **extra)
     except psycopg.OperationalError as exc:
@@ -93,6 +99,30 @@ def connect(url: str, *, session: dict[str, str] | None = None) -> psycopg.Conne
             "and the URL is right (IPAI_DATABASE_URL or --database-url), or unset it to use the embedded "
             "PostgreSQL."
         ) from None
+
+
+def default_sslmode(url: str) -> str | None:
+    """`require` when `url` reaches beyond this machine and neither it nor PGSSLMODE chooses an sslmode.
+
+    The Vault key travels in the connection's startup options, so it must not cross a network in clear.
+    `require` encrypts but does not check the server's certificate: for production, put
+    `sslmode=verify-full&sslrootcert=/path/ca.pem` in the URL. Loopback and Unix sockets stay as they are."""
+    params = conninfo_to_dict(url)
+    if params.get("sslmode") or os.environ.get("PGSSLMODE"):
+        return None
+    hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
+    if all(_is_local(h.strip()) for h in hosts.split(",")):
+        return None
+    return "require"
+
+
+def _is_local(host: str) -> bool:
+    if not host or host.startswith("/") or host.lower() == "localhost":
+        return True  # no host or a folder: a Unix socket
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _escape_option(value: str) -> str:

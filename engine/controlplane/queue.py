@@ -2,7 +2,8 @@
 retried with backoff, and both workers and the scheduler connect as the `ipai_worker` role.
 
     connector_run (RPC) / ipai.schedule_due (cron) / a retry -> connector_runs status 'queued'
-      -> a worker claims the oldest due run (FOR UPDATE SKIP LOCKED: one claimer per run), status 'running'
+      -> a worker claims the oldest due run through `ipai.claim_run` (FOR UPDATE SKIP LOCKED: one claimer per
+         run), status 'running', with a claim token that alone unlocks the run's secrets
     a run whose lease expired is failed by `reap` and its next attempt queued (up to max_attempts, backing off
     5 s, 10 s, 20 s ...)
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -42,7 +43,7 @@ def worker_database(settings: Settings) -> Database:
     db = db.with_session(vault_session(settings.home))
     try:
         with db.connect() as conn:
-            if conn.execute("select to_regprocedure('ipai.schedule_due(timestamptz)')").fetchone() == (None,):
+            if conn.execute("select to_regprocedure('ipai.claim_run(text, double precision)')").fetchone() == (None,):
                 raise ConfigError(f"the control plane at {db.display_url} is not migrated for workers; "
                                   "run `ipai db migrate` (as an admin) first")
     except DatabaseUnreachable as exc:
@@ -62,24 +63,23 @@ class Claimed:
     yaml_spec: str
     name: str
     version: int
+    claim_token: str = field(default="", repr=False)
+    """Unlocks the run's secrets while the claim's lease is live (`ipai.claimed_secret_read`); never logged."""
 
 
 def claim(conn: psycopg.Connection[Any], worker_id: str, lease_s: float) -> Claimed | None:
-    """Take the oldest due queued run, or None. SKIP LOCKED: concurrent claimers never take the same run."""
-    row = conn.execute(
-        "update connector_runs r set status = 'running', worker_id = %s, started_at = now(), heartbeat_at = now(),"
-        " lease_expires_at = now() + make_interval(secs => %s)"
-        " where r.id = (select q.id from connector_runs q where q.status = 'queued'"
-        "   and (q.not_before is null or q.not_before <= now())"
-        "   order by coalesce(q.not_before, q.created_at), q.created_at limit 1 for update skip locked)"
-        " returning r.id, r.instance_id, r.attempt, r.max_attempts, r.trigger, r.full_refresh, r.definition_id",
-        (worker_id, lease_s),
-    ).fetchone()
-    if row is None:
+    """Take the oldest due queued run, or None, through `ipai.claim_run`: SKIP LOCKED, so concurrent claimers
+    never take the same run, and the claim token it returns is the only key to that run's secrets."""
+    took = conn.execute("select claimed_run, claim_token from ipai.claim_run(%s, %s)", (worker_id, lease_s)).fetchone()
+    if took is None:
         return None
-    d = conn.execute("select yaml_spec, name, version from connector_definitions where id = %s", (row[6],)).fetchone()
-    assert d is not None  # a foreign key
-    return Claimed(str(row[0]), str(row[1]), row[2], row[3], row[4], row[5], d[0], d[1], d[2])
+    row = conn.execute(
+        "select r.id, r.instance_id, r.attempt, r.max_attempts, r.trigger, r.full_refresh, d.yaml_spec, d.name,"
+        " d.version from connector_runs r join connector_definitions d on d.id = r.definition_id where r.id = %s",
+        (took[0],),
+    ).fetchone()
+    assert row is not None  # just claimed; runs are never deleted by workers
+    return Claimed(str(row[0]), str(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], row[8], took[1])
 
 
 def reap(conn: psycopg.Connection[Any]) -> list[tuple[str, str | None]]:

@@ -1,4 +1,4 @@
-"""The scheduler (FR-004): `ipai scheduler` calls `ipai.schedule_due()` every few seconds, which enqueues each
+"""The scheduler (FR-004): `ipai scheduler` calls `ipai.schedule_due_now()` every few seconds, which enqueues each
 enabled instance's due cron fire time once (see supabase/migrations/*_cron_scheduler.sql for the policy on
 missed times). Any number of schedulers may run: the database keeps one run per (instance, fire time).
 It also fails runs whose lease expired (as workers do), so a crashed worker's run is retried even while
@@ -16,15 +16,22 @@ from typing import Any
 
 import psycopg
 
-from engine.controlplane.settings import Settings
+from engine.controlplane.db import open_database
 from engine.controlplane.queue import emit, reap, worker_database
+from engine.controlplane.settings import Settings
 
 INTERVAL_S = 5.0
 
 
 def tick(conn: psycopg.Connection[Any], now: datetime | None = None) -> int:
-    """Enqueue the runs due at `now` (default: the database's clock); return how many."""
-    row = conn.execute("select ipai.schedule_due(coalesce(%s, now()))", (now,)).fetchone()
+    """Enqueue the runs due at `now` (default: the database's clock); return how many.
+
+    Only an admin connection may name the time (drills): the worker role calls `ipai.schedule_due_now()`,
+    so no worker can push every schedule forward by passing a time in the future."""
+    if now is None:
+        row = conn.execute("select ipai.schedule_due_now()").fetchone()
+    else:
+        row = conn.execute("select ipai.schedule_due(%s)", (now,)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -54,7 +61,8 @@ class Scheduler:
         self.stopping = True
 
     def serve(self, *, ticks: int | None = None) -> None:
-        db = worker_database(self.settings)
+        # A drill's simulated clock names the time, which only an admin may: it connects as the owner.
+        db = worker_database(self.settings) if self.clock() is None else open_database(self.settings)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         emit("scheduler.started", f"scheduler enqueuing due runs every {self.interval_s:g} s on {db.display_url}")

@@ -4,9 +4,12 @@
 on Supabase that is Supabase Vault, on plain PostgreSQL the Vault-compatible schema of the migrations,
 whose key stays outside the database: IPAI_VAULT_KEY, else the owner-only file `<IPAI_HOME>/vault.key`
 (made on first use), sent to the server at connection start for that session alone. A run resolves every
-reference before its first request, through `ipai.secret_read` (allowed while a run of the secret's
-tenant is running, and logged on the run), and fails naming a missing secret. Values never reach logs,
-errors or data: `engine.core.secrets.Redactor` masks them in any text that leaves a reader.
+reference before its first request, through `ipai.claimed_secret_read` for a run a worker claimed (only
+with that claim's token, while its lease is live) or `ipai.secret_read` for one the CLI started (both logged on
+the run), and fails naming a missing secret. Values are masked in the text the platform writes (logs,
+errors) by `engine.core.secrets.Redactor`, whose docstring says what that covers and what it does not (a
+source that echoes a token into a record lands it in bronze). A value shorter than `MIN_SECRET_LENGTH` (8)
+is refused when stored: it could not be masked without mangling ordinary text.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 
 import psycopg
 
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, LeaseLost
+from engine.core.secrets import check_secret_value
+from engine.core.private import private_dir
 from engine.core.spec import SecretRef
 
 KEY_ENV = "IPAI_VAULT_KEY"
@@ -38,7 +43,7 @@ def vault_key(home: Path, *, create: bool = False) -> str | None:
         return path.read_text(encoding="utf-8").strip()
     if not create:
         return None
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     key = base64.b64encode(random_source.token_bytes(32)).decode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -59,12 +64,18 @@ def is_compat_vault(conn: psycopg.Connection[Any]) -> bool:
 
 @dataclass(frozen=True)
 class VaultSecretStore:
-    """The secrets of one run's tenant, read and rotated through the run (see `ipai.secret_read`)."""
+    """The secrets of one run's tenant, read and rotated through the run.
+
+    A worker's run carries the claim token `ipai.claim_run` gave it: the store sends it at connection start
+    (`ipai.claim_token`, never in a statement) and reads through `ipai.claimed_secret_read`, which answers
+    only while that claim's lease is live. A run the CLI started as the database owner has no claim and reads
+    through `ipai.secret_read`, which the worker role may not call."""
 
     url: str = field(repr=False)
     run_id: str
     tenant_id: str
     key: str | None = field(default=None, repr=False)
+    claim_token: str | None = field(default=None, repr=False)
 
     @property
     def identity(self) -> str:
@@ -73,16 +84,29 @@ class VaultSecretStore:
     def _connect(self) -> psycopg.Connection[Any]:
         from engine.controlplane.db import connect
 
-        return connect(self.url, session={"ipai.vault_key": self.key} if self.key else None)
+        session = {"ipai.vault_key": self.key} if self.key else {}
+        if self.claim_token:
+            session["ipai.claim_token"] = self.claim_token
+        return connect(self.url, session=session or None)
 
     def get(self, name: str) -> str | None:
-        with self._connect() as conn:
-            row = conn.execute("select ipai.secret_read(%s, %s)", (self.run_id, name)).fetchone()
+        read = "ipai.claimed_secret_read" if self.claim_token else "ipai.secret_read"
+        row = self._call(f"select {read}(%s, %s)", (self.run_id, name), name)
         return None if row is None else row[0]
 
     def set(self, name: str, value: str) -> None:
+        rotate = "ipai.claimed_secret_rotate" if self.claim_token else "ipai.secret_rotate"
+        self._call(f"select {rotate}(%s, %s, %s)", (self.run_id, name, value), name)
+
+    def _call(self, query: str, params: tuple[str, ...], name: str) -> tuple[Any, ...] | None:
         with self._connect() as conn:
-            conn.execute("select ipai.secret_rotate(%s, %s, %s)", (self.run_id, name, value))
+            try:
+                return conn.execute(query, params).fetchone()
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # The server's reason alone, not its PL/pgSQL context lines: the run ended, its lease lapsed,
+                # or this store holds no claim on it.
+                raise LeaseLost(f"secret {name!r} is not readable for run {self.run_id}: "
+                                f"{exc.diag.message_primary}") from None
 
 
 def read_as_admin(conn: psycopg.Connection[Any], tenant_id: str, name: str) -> str | None:
@@ -106,6 +130,7 @@ def value_as_admin(conn: psycopg.Connection[Any], tenant_id: str, value: str | S
 
 def store_secret(conn: psycopg.Connection[Any], name: str, value: str) -> bool:
     """Store a secret for the session's tenant; return True if it is new. Raise ConfigError with the reason."""
+    check_secret_value(name, value)
     row = conn.execute("select public.secret_set(%s, %s)", (name, value)).fetchone()
     result = row[0] if row else {}
     if not result.get("ok"):

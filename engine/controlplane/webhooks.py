@@ -5,7 +5,9 @@
                fails the run before any source request, naming it
     run end    announce(): the final run row -> per URL, in parallel: JSON body -> HMAC-SHA256 -> POST,
                retried (tenacity) -> one `webhook_deliveries` row per attempt -> one run log record,
-               `webhook.delivered` or `webhook.failed` (`ipai logs RUN`)
+               `webhook.delivered` or `webhook.failed` (`ipai logs RUN`). Each attempt resolves the host once
+               and connects to an address the egress policy checked, the name kept for TLS and `Host`
+               (connectors/httpkit/egress.py `CheckedTransport`), so a name cannot be rebound in between
 
 What a receiver gets, as `Content-Type: application/json`:
 
@@ -31,7 +33,6 @@ import email.utils
 import hashlib
 import hmac
 import json
-import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -47,7 +48,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, stop_before_delay
 
-from connectors.httpkit.egress import EgressPolicy, EgressRefused, refuse_link_local
+from connectors.httpkit.egress import CheckedTransport, EgressPolicy, EgressRefused
 from engine.controlplane import records
 from engine.core.errors import ConfigError
 from engine.core.secrets import SecretStore
@@ -162,7 +163,8 @@ def announce(
     """Deliver the ended run to every target whose events include its status, recording each attempt and
     logging each outcome on the run. Never raises: a webhook's trouble is its own, not the run's.
 
-    `transport` and `sleep` are seams for tests (an `httpx.MockTransport`, a recorder of backoff waits)."""
+    `transport` and `sleep` are seams for tests (an `httpx.MockTransport`, which sees the checked address in
+    the URL; a recorder of backoff waits)."""
     try:
         with conn.cursor(row_factory=dict_row) as cur:
             run = cur.execute("select * from connector_runs where id = %s", (run_id,)).fetchone()
@@ -194,7 +196,9 @@ class _Sender:
         delivery_id = str(uuid.uuid4())
         attempts: list[Attempt] = []
         started = time.monotonic()
-        with httpx.Client(transport=self.transport, follow_redirects=False,
+        # Every attempt resolves the name once and connects to an address the policy checked (DNS rebinding:
+        # a second lookup by the HTTP client could answer otherwise), with the name kept for TLS and `Host`.
+        with httpx.Client(transport=CheckedTransport(self.egress, inner=self.transport), follow_redirects=False,
                           headers={"User-Agent": USER_AGENT}) as client:
 
             def attempt() -> Attempt:
@@ -228,7 +232,6 @@ class _Sender:
             return time.monotonic() - t0
 
         try:
-            _check_destination(target.webhook.url, self.egress)
             with client.stream("POST", target.webhook.url, content=body, headers=headers,
                                timeout=timeout) as response:
                 status, retry_after = response.status_code, _retry_after(response.headers.get("Retry-After"))
@@ -237,7 +240,7 @@ class _Sender:
             return Attempt(number, None, self._said(f"refused: {exc}"), took(), retry=False)
         except httpx.TimeoutException:
             return Attempt(number, None, f"no answer within {timeout:.0f} s", took(), retry=True)
-        except (httpx.TransportError, OSError) as exc:  # OSError: the name did not resolve
+        except (httpx.TransportError, OSError) as exc:  # a name that does not resolve is a ConnectError
             return Attempt(number, None, self._said(f"{type(exc).__name__}: {exc}"), took(), retry=True)
         except Exception as exc:  # noqa: BLE001 - anything else is not worth a retry, but is worth recording
             return Attempt(number, None, self._said(f"{type(exc).__name__}: {exc}"), took(), retry=False)
@@ -282,29 +285,6 @@ def display_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _check_destination(url: str, egress: EgressPolicy) -> None:
-    """Refuse a host that resolves outside what the egress policy allows (no requests into the workers'
-    network). httpx resolves the name again when it connects; the spec's literal check runs at run start."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        egress.check_address(host)
-        return
-    except ValueError:
-        pass  # a name, not an address
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    listed = egress.host_allowed(host)  # an internal receiver the operator listed (IPAI_EGRESS_ALLOW)
-    for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        try:
-            address = str(info[4][0]).split("%")[0]
-            if listed:
-                refuse_link_local(address)
-            else:
-                egress.check_address(address)
-        except EgressRefused as exc:
-            raise EgressRefused(f"{host} resolves to {exc}") from None
 
 
 def _head(response: httpx.Response) -> bytes:

@@ -1,21 +1,25 @@
-"""Where the platform may connect on a spec's behalf: the egress policy for database servers and SQLite files,
-and the identity of the control-plane database that sources must not read.
+"""Where the platform may connect on a spec's behalf: the one egress policy for every outbound connection
+(database servers, SQLite files, and through connectors/httpkit/egress.py page fetches, token exchanges and
+webhooks), and the identity of the control-plane database that sources must not read.
 
-A host name is resolved here, once, and every address it resolves to is checked; `check_host` returns them
-so the caller connects to exactly those (PostgreSQL: `hostaddr=`), and a name cannot resolve to an allowed
-address for the check and to another for the connection.
+A host name is resolved here, once, and every address it resolves to is checked; `resolve_checked` returns
+them so the caller connects to exactly those (PostgreSQL: `hostaddr=`; HTTP: the checked address, with the
+name kept for TLS and `Host`), and a name cannot resolve to an allowed address for the check and to another
+for the connection. Literal addresses are read as a resolver reads them (`127.1`, `2130706433` and
+`0x7f000001` are 127.0.0.1), and an IPv6 address that carries an IPv4 one (`::ffff:a.b.c.d`, 6to4
+`2002::/16`, NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`) is judged by the IPv4 address it carries.
 
     always refused           link-local (169.254.0.0/16, fe80::/10), cloud metadata (169.254.169.254,
-                             fd00:ec2::254, 100.100.100.200), multicast, reserved and other non-public ranges
+                             fd00:ec2::254, 100.100.100.200, 192.0.0.192)
     refused unless allowed   loopback (127.0.0.0/8, ::1, 0.0.0.0, a Unix socket path), private networks
-                             (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7)
+                             (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7), and any
+                             other address that is not global (`ipaddress.is_global`, 192.0.0.0/24, multicast)
     allowed                  public addresses
 
 `IPAI_EGRESS_ALLOW` (the operator's environment, never a spec) lists what else may be reached, separated by
 commas: the words `loopback` and `private`, networks (`10.20.0.0/16`, `192.168.1.7`) and host names
-(`db.internal`, or `.corp.example` for a domain). HTTP sources read the same variable
-(connectors/httpkit/egress.py; the two words are for database sources). Nothing allows link-local or metadata
-addresses.
+(`db.internal`, or `.corp.example` for a domain). HTTP sources, token exchanges and webhooks read the same
+variable. Nothing allows link-local or metadata addresses.
 
 Dev mode allows loopback: `IPAI_DEV_MODE=1`, or, while `IPAI_EGRESS_ALLOW` is unset, a control plane on this
 machine (the embedded PostgreSQL, or a database URL on loopback or a Unix socket: the defaults a developer
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,11 +52,16 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int | None], Sequence[str]]
 """(host, port) -> the addresses a connection to it would try."""
 
-METADATA = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
+METADATA = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")}
 LINK_LOCAL = tuple(ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10"))
 LOOPBACK = tuple(ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128"))
 PRIVATE = tuple(ipaddress.ip_network(n) for n in
                 ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+NOT_GLOBAL = (ipaddress.ip_network("192.0.0.0/24"),)
+"""IETF protocol assignments (RFC 6890): not reachable on the internet, though Python 3.11 calls most of them
+global."""
+NAT64 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48"))
+_NUMERIC_HOST = re.compile(r"[0-9][0-9a-fA-FxX.]*")
 
 
 class EgressRefused(ConfigError):
@@ -89,7 +99,7 @@ class EgressPolicy:
         control plane runs on this machine (embedded, loopback or socket), which counts as dev mode while
         IPAI_EGRESS_ALLOW is unset; `home` is the IPAI home folder, a default SQLite root."""
         env = os.environ if environ is None else environ
-        words, networks, hosts = _allow_list(env.get(ALLOW_ENV, ""))
+        words, networks, hosts = allow_list(env.get(ALLOW_ENV, ""))
         dev = env.get(DEV_MODE_ENV) == "1" or (local and not env.get(ALLOW_ENV, "").strip())
         roots = [r for r in env.get(SQLITE_ROOTS_ENV, "").split(os.pathsep) if r.strip()]
         if not roots:
@@ -98,7 +108,8 @@ class EgressPolicy:
                    hosts=hosts, sqlite_roots=tuple(str(Path(r).expanduser().resolve()) for r in roots))
 
 
-def _allow_list(text: str) -> tuple[set[str], tuple[str, ...], tuple[str, ...]]:
+def allow_list(text: str) -> tuple[set[str], tuple[str, ...], tuple[str, ...]]:
+    """(words, networks, host names) of an IPAI_EGRESS_ALLOW value."""
     words: set[str] = set()
     networks: list[str] = []
     hosts: list[str] = []
@@ -117,37 +128,78 @@ def check_host(host: str, policy: EgressPolicy, *, port: int | None = None, what
     """Return the addresses `host` resolves to once every one of them is allowed; connect to those, not to the
     name. A Unix socket path (`/run/postgresql`, `@abstract`) is loopback and returns (). Raises EgressRefused
     naming `what` and the host, the address, why, and the setting that would allow it."""
-    name = host.strip("[]").lower().rstrip(".")
-    listed = any(name == h or (h.startswith(".") and name.endswith(h)) for h in policy.hosts)
     if host.startswith(("/", "@")):
-        if not (policy.loopback or listed):
+        if not (policy.loopback or host_listed(host, policy)):
             raise EgressRefused(f"{what} {host} is a Unix socket on this machine (loopback); "
                                 f"{_how_to_allow('loopback', None)}")
         return ()
-    literal = True
     try:
-        addresses = [str(ipaddress.ip_address(name))]
-    except ValueError:
-        literal = False
-        try:
-            addresses = list(policy.resolve(name, port))
-        except OSError as exc:
-            raise ConfigError(f"{what} {host} cannot be resolved ({exc}); check the host name") from None
+        return resolve_checked(host, policy, port=port, what=what)
+    except OSError as exc:
+        raise ConfigError(f"{what} {host} cannot be resolved ({exc}); check the host name") from None
+
+
+def resolve_checked(host: str, policy: EgressPolicy, *, port: int | None = None,
+                    what: str = "host") -> tuple[str, ...]:
+    """Resolve `host` once (a literal address is itself) and return its addresses once every one is allowed;
+    the caller connects to those. Raises EgressRefused saying why and what would allow it, or OSError when
+    the name resolves to nothing."""
+    name = host.strip("[]").lower().rstrip(".")
+    literal = literal_address(name)
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        addresses = list(dict.fromkeys(a.split("%")[0] for a in policy.resolve(name, port)))
         if not addresses:
-            raise ConfigError(f"{what} {host} resolves to no address; check the host name")
+            raise socket.gaierror(f"{host} resolves to no address")
+    listed = host_listed(name, policy)
     for address in addresses:
-        refusal = _refusal(address, policy, listed=listed)
-        if refusal:
-            said = f"is {refusal}" if literal else f"resolves to {address}, {refusal}"
+        reason = refusal(address, policy, listed=listed)
+        if reason:
+            said = f"is {reason}" if literal is not None else f"resolves to {address}, {reason}"
             raise EgressRefused(f"{what} {host} {said}")
     return tuple(addresses)
 
 
-def _refusal(address: str, policy: EgressPolicy, *, listed: bool) -> str | None:
-    """Why `address` may not be reached, or None."""
-    ip: IpAddress = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+def host_listed(host: str, policy: EgressPolicy) -> bool:
+    """Whether the operator lists `host` by name, or its domain (`.corp.example`)."""
+    name = host.strip("[]").lower().rstrip(".")
+    return any(name == h or (h.startswith(".") and name.endswith(h)) for h in policy.hosts)
+
+
+def literal_address(host: str) -> IpAddress | None:
+    """`host` as an IP address, or None for a host name. Numeric forms that C resolvers accept as IPv4
+    (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`) count as the address they stand for."""
+    name = host.strip("[]").split("%")[0]
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    if _NUMERIC_HOST.fullmatch(name):  # digits, dots and hex only: no host name looks like this
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return None
+    return None
+
+
+def carried_ipv4(ip: IpAddress) -> IpAddress:
+    """The IPv4 address an IPv6 one carries (IPv4-mapped, 6to4, NAT64), which is where it leads; else `ip`."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in n for n in NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def refusal(address: str, policy: EgressPolicy, *, listed: bool = False) -> str | None:
+    """Why `address` may not be reached under `policy`, or None; `listed`: the operator lists its host name.
+    The one decision every outbound connection takes (databases here, HTTP in connectors/httpkit/egress.py)."""
+    ip = carried_ipv4(ipaddress.ip_address(address.split("%")[0]))
     if ip in METADATA:
         return "a cloud metadata address; refused whatever the settings say (change the URL)"
     if any(ip in n for n in LINK_LOCAL):
@@ -157,7 +209,7 @@ def _refusal(address: str, policy: EgressPolicy, *, listed: bool) -> str | None:
         return None if allowed or policy.loopback else "this machine (loopback); " + _how_to_allow("loopback", ip)
     if any(ip in n for n in PRIVATE):
         return None if allowed or policy.private else "a private address; " + _how_to_allow("private", ip)
-    if ip.is_multicast or not ip.is_global:
+    if ip.is_multicast or not ip.is_global or any(ip in n for n in NOT_GLOBAL):
         return None if allowed else "not a public address (reserved or multicast); refused unless the operator " \
             f"lists it: {ALLOW_ENV}={ipaddress.ip_network(ip)}"
     return None

@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.core.urls import credential_in
+from engine.core.urls import redact_url as redact_url  # re-exported: callers import it from here
+
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
 ENV_PATTERN = r"^[a-z][a-z0-9]{0,15}$"
 CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
@@ -152,9 +155,10 @@ class PostgresDestination(SpecModel):
     @classmethod
     def _no_password_in_clear(cls, value: str | SecretRef | None) -> str | SecretRef | None:
         # A spec is stored whole in the control plane and reviewed in pull requests: no secret in it.
-        if isinstance(value, str) and redact_url(value) != value:
-            raise ValueError("the URL carries a password; reference it instead ({secret: NAME}) "
-                             "or set IPAI_DATABASE_URL and leave url unset")
+        found = credential_in(value) if isinstance(value, str) else None
+        if found:
+            raise ValueError(f"the URL carries {found}; store the whole URL as a secret (`ipai secret set "
+                             "NAME`) and write url: {secret: NAME}, or set IPAI_DATABASE_URL and leave url unset")
         return value
 
 
@@ -197,14 +201,14 @@ class Webhook(SpecModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        if credential_in(value) or "@" in urlsplit(value).netloc:
+            # Stored whole in the control plane and shown in pull requests: no credentials in a spec.
+            raise ValueError("the URL carries credentials (user:password@, ?token= ...); remove them: receivers "
+                             "check the X-IPAI-Signature header instead")
         parts = urlsplit(value)
         # `parts.port` raises ValueError itself for a port that is not a number in 0..65535.
         if parts.scheme not in ("https", "http") or not parts.hostname or parts.port == 0:
             raise ValueError("the URL must be https://HOST/... (http:// only to loopback in dev mode)")
-        if parts.username is not None or parts.password is not None:
-            # Stored whole in the control plane and shown in pull requests: no credentials in a spec.
-            raise ValueError("the URL carries credentials (user:password@); remove them: receivers check "
-                             "the X-IPAI-Signature header instead")
         return value
 
     @field_validator("events")
@@ -304,8 +308,3 @@ def repeated(values: Iterable[str]) -> list[str]:
     """Return the values that occur more than once, sorted."""
     counts = Counter(values)
     return sorted(v for v, n in counts.items() if n > 1)
-
-
-def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`."""
-    return re.sub(r"(://[^:/@?#]+:)[^@/?#]+@", r"\1***@", url)

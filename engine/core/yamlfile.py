@@ -1,15 +1,24 @@
 """YAML files a person writes (specs, pipelines, gold definitions): parsed keeping positions, so every
-problem is reported with its line, column and field path."""
+problem is reported with its line, column and field path.
+
+Such text also arrives from agents (MCP) and API callers, so parsing is bounded before anything is built:
+at most `MAX_BYTES` (1 MiB), collections nested at most `MAX_DEPTH` (64) deep, and no anchors or aliases
+(`&name`, `*name`): an alias is a reference that expands on use, and a few hundred bytes of them expand to
+gigabytes ("billion laughs"). Each refusal is a `SpecError` at its line, never a traceback.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.composer import Composer
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
 
 from engine.core.errors import SpecError
 from engine.core.spec import NAME_PATTERN
@@ -30,16 +39,102 @@ class SpecIssue:
         return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
 
 
-def read_mapping(text: str, filename: str, not_a_mapping: str) -> CommentedMap:
-    """Load YAML `text` keeping positions; raise `SpecError` at the syntax error's line and column, or with
-    `not_a_mapping` when the document is not a mapping."""
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+
+
+class _Refused(MarkedYAMLError):
+    """A limit of this module, at the place in the text where it was crossed."""
+
+
+def _refuse(mark: Any, problem: str) -> _Refused:
+    return _Refused(None, None, problem, mark)
+
+
+class _BoundedComposer(Composer):  # type: ignore[misc]  # ruamel ships no type stubs for this class
+    """ruamel's composer refusing aliases and anchors and counting depth as it descends: both are checked
+    before the node is built, so nothing has been expanded when it refuses."""
+
+    _nesting = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _refuse(event.start_mark, "anchors and aliases (&name, *name) are not allowed here: "
+                                            "write each value out in full")
+        if self._nesting >= MAX_DEPTH:
+            raise _refuse(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+        self._nesting += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
+
+
+def _bounded_scanner(base: type) -> type:
+    """`base` refusing flow collections (`[`, `{`) nested past MAX_DEPTH as it reads them: the scanner's
+    own cost grows with the square of that depth, so the composer's check would come too late."""
+
+    class BoundedScanner(base):  # type: ignore[valid-type, misc]
+        def fetch_flow_collection_start(self, *args: Any, **kwargs: Any) -> None:
+            if self.flow_level >= MAX_DEPTH:
+                raise _refuse(self.reader.get_mark(), f"nested more than {MAX_DEPTH} levels deep")
+            super().fetch_flow_collection_start(*args, **kwargs)
+
+    return BoundedScanner
+
+
+_SCANNER = _bounded_scanner(YAML(typ="rt").Scanner)
+
+
+def bounded_yaml() -> YAML:
+    """A round-trip YAML loader with this module's limits on depth, anchors and aliases (size is the
+    caller's: `read_mapping` checks it)."""
+    yaml = YAML(typ="rt")
+    yaml.Composer = _BoundedComposer
+    yaml.Scanner = _SCANNER
+    return yaml
+
+
+def too_large(size: int, filename: str) -> SpecError:
+    """The error for a text of `size` bytes past MAX_BYTES."""
+    issue = SpecIssue(filename, 1, 1, "", f"the text is {size:,} bytes or more; specs and pipelines may be at most "
+                                          f"{MAX_BYTES // 1024 // 1024} MiB ({MAX_BYTES:,} bytes)")
+    return SpecError(str(issue), issues=[issue])
+
+
+def read_text(path: Path) -> str:
+    """The text of the YAML file at `path`; raise `SpecError` when it is missing, past MAX_BYTES (checked
+    before reading) or not UTF-8."""
     try:
-        data = YAML(typ="rt").load(text)
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise too_large(size, str(path))
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise SpecError(f"{path}: no such file", issues=[]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", issues=[]) from None
+
+
+def read_mapping(text: str, filename: str, not_a_mapping: str) -> CommentedMap:
+    """Load YAML `text` keeping positions, within the module's limits; raise `SpecError` at the line and
+    column of a syntax error or a limit crossed, or with `not_a_mapping` when the document is not a mapping."""
+    # Every character is at least one byte: a long text is refused before it is encoded.
+    size = len(text) if len(text) > MAX_BYTES else len(text.encode("utf-8", errors="replace"))
+    if size > MAX_BYTES:
+        raise too_large(size, filename)
+    try:
+        data = bounded_yaml().load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        issue = SpecIssue(filename, line, col, "", f"invalid YAML: {problem}")
+        message = problem if isinstance(exc, _Refused) else f"invalid YAML: {problem}"
+        issue = SpecIssue(filename, line, col, "", message)
+        raise SpecError(str(issue), issues=[issue]) from None
+    except (YAMLError, RecursionError) as exc:  # no position: a reader error (a control character) and the like
+        issue = SpecIssue(filename, 1, 1, "", f"invalid YAML: {exc}".splitlines()[0])
         raise SpecError(str(issue), issues=[issue]) from None
     if not isinstance(data, CommentedMap):
         issue = SpecIssue(filename, 1, 1, "", not_a_mapping)

@@ -26,7 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from engine.core.errors import SpecError
 from engine.core.spec import NAME_PATTERN, ConnectorSpec, SpecModel
 from connectors.specload import load_spec
-from engine.core.yamlfile import SpecIssue, plain_yaml, read_mapping
+from engine.core.yamlfile import SpecIssue, plain_yaml, read_mapping, read_text
 
 KINDS = ("run", "spec", "gold")
 StepKind = Literal["run", "spec", "gold"]
@@ -138,17 +138,15 @@ class Pipeline:
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate the pipeline at `path`; raise `SpecError` listing every problem with its path."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
-        raise SpecError(f"{path}: no such file", issues=[]) from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", issues=[]) from None
-    return parse_pipeline(text, str(path), base_dir=path.resolve().parent)
+    return parse_pipeline(read_text(path), str(path), base_dir=path.resolve().parent)
 
 
-def parse_pipeline(text: str, source_name: str = "<pipeline>", *, base_dir: Path | None = None) -> Pipeline:
+def parse_pipeline(text: str, source_name: str = "<pipeline>", *, base_dir: Path | None = None,
+                   server_files: bool = True) -> Pipeline:
     """Validate pipeline `text`; spec paths are relative to `base_dir` (default: the current folder).
+
+    `server_files=False` (a remote caller, e.g. MCP over HTTP): spec steps and gold `dir` are refused before
+    any file or folder is looked at, so the answer says nothing about what exists on the server.
 
     Raises `SpecError` whose message has one line per problem, `FILE:LINE:COLUMN: PATH: message`, followed by
     the problems of any invalid spec file a step names.
@@ -195,7 +193,13 @@ def parse_pipeline(text: str, source_name: str = "<pipeline>", *, base_dir: Path
             continue
         line, col = _at(data, (*at, kind))
         step = Step(name, kind, config, line, col)
-        if isinstance(config, SpecStep):
+        if not server_files and isinstance(config, SpecStep):
+            issue((*at, "spec"), "spec steps read files on the server, which remote callers may not; register the "
+                  "spec with connector_create and use a run step ({run: NAME})")
+        elif not server_files and isinstance(config, GoldStep) and config.dir is not None:
+            issue((*at, "dir"), "dir reads a folder on the server, which remote callers may not; omit it to apply "
+                  "the shipped gold views")
+        elif isinstance(config, SpecStep):
             step, problems = _with_spec(step, config, base, lambda m: issue((*at, "spec"), m))
             extra += problems
         elif isinstance(config, GoldStep) and config.dir is not None:

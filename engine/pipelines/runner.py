@@ -35,6 +35,7 @@ from engine.controlplane import records
 from engine.controlplane.settings import Settings
 from engine.controlplane.db import Database
 from engine.core.errors import IpaiError, NotFound, SpecError
+from engine.core.private import open_private, private_dir
 from engine.pipelines.definition import GoldStep, Pipeline, Step, parse_pipeline
 from engine.pipelines.records import (StepState, finish, initial_state, pipeline_status,
                                        record_pipeline, status_of)
@@ -79,7 +80,7 @@ def start_pipeline(db: Database, settings: Settings, pipeline: Pipeline, *, loca
         if value:
             env[name] = value  # through the environment: never on a command line
     log = _log_dir(settings, pipeline_run_id) / "pipeline.log"
-    with open(log, "ab") as out:
+    with open_private(log) as out:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
     deadline = time.monotonic() + 120
@@ -309,9 +310,7 @@ class _Execution:
 
 
 def _log_dir(settings: Settings, pipeline_run_id: str) -> Path:
-    folder = settings.home / "pipelines" / pipeline_run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return private_dir(settings.home, "pipelines", pipeline_run_id)
 
 
 def _reason(exc: Exception) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.controlplane.settings import Settings
 from engine.core.errors import IpaiError
+from engine.core.private import open_private, private_dir
 
 IDLE_EXIT_S = 60.0
 STOP_WAIT_S = 60.0
@@ -66,10 +67,10 @@ class LocalWorkers:
                 proc.wait(timeout=10)
 
     def _start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         log = self.log_dir / f"worker-{len(self.procs) + 1}.log"
         cmd = [sys.executable, "-m", "engine.cli", "worker", "--idle-exit", str(self.idle_exit_s), "--poll", "0.5"]
-        with open(log, "ab") as out:
+        with open_private(log) as out:
             # A session of its own: Ctrl-C on the pipeline reaches only the pipeline, which stops workers in order.
             proc = subprocess.Popen(cmd, env=self._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True)

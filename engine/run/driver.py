@@ -88,15 +88,17 @@ def prepare_run(spec: ConnectorSpec, yaml_text: str, *, db: Database, options: R
 
 def execute_run(
     spec: ConnectorSpec, *, db: Database, settings: Settings, options: RunOptions, instance_id: str, run_id: str,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None, claim_token: str | None = None,
 ) -> RunResult:
-    """Execute a run prepared by `prepare_run` (possibly in another process)."""
+    """Execute a run prepared by `prepare_run` (possibly in another process), or claimed by a worker: then
+    `claim_token` (from `ipai.claim_run`) is what lets the run read its tenant's secrets."""
     conn = db.connect()
     try:
         tenant = conn.execute("select r.tenant_id, t.name from connector_runs r join ipai_tenants t"
                               " on t.id = r.tenant_id where r.id = %s", (run_id,)).fetchone()
         store = VaultSecretStore(db.url, run_id, str(tenant[0]) if tenant else "",
-                                 key=db.session.get("ipai.vault_key") or vault_key(settings.home))
+                                 key=db.session.get("ipai.vault_key") or vault_key(settings.home),
+                                 claim_token=claim_token)
         address = Address(tenant[1] if tenant else settings.tenant, spec.env, spec.name)
         ctx = RunContext(spec=spec, options=options, settings=settings, db=db, conn=conn, instance_id=instance_id,
                          run_id=run_id, store=store, address=address)

@@ -16,13 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import psutil
 
 from engine.controlplane.settings import LocalHead
 from engine.core.errors import ConfigError
+from engine.core.private import private_dir, private_temp_dir
 
 
 def head_processes(head: LocalHead) -> list[psutil.Process]:
@@ -52,9 +52,8 @@ def start(home: Path, *, dashboard_port: int = 8265, num_cpus: int | None = None
         return current
     # Ray puts Unix sockets under its temp folder, and their paths may not pass 107 bytes: a short
     # folder per home, not one inside it.
-    temp_dir = Path(tempfile.gettempdir()) / f"ipai-ray-{hashlib.sha1(str(home).encode()).hexdigest()[:10]}"
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
+    temp_dir = private_temp_dir(f"ray-{hashlib.sha1(str(home).encode()).hexdigest()[:10]}")  # owner-only around it
+    private_dir(home)
     port, agent_port, client_port = _free_port(), _free_port(), _free_port()
     ray_cli = Path(sys.executable).with_name("ray")
     cmd = [str(ray_cli if ray_cli.exists() else shutil.which("ray") or "ray"), "start", "--head",

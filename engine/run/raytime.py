@@ -12,6 +12,7 @@ import ray
 
 from engine.core.errors import IpaiError
 from engine.core.faults import FaultPlan, crash_point
+from engine.core.private import private_temp_dir
 from engine.core.protocol import Partition, ReadContext, Stream
 from engine.core.spec import redact_url
 from engine.core.sql import describe_error
@@ -33,7 +34,9 @@ def ensure_ray(address: str | None = None, *, dashboard: bool = False) -> None:
     if address:
         ray.init(address=address, **common)
         return
-    ray.init(include_dashboard=dashboard, num_cpus=os.cpu_count(), **common)
+    # Ray's default /tmp/ray is shared by every user of the machine; its sockets and session files are ours alone.
+    temp_dir = private_temp_dir("ray")
+    ray.init(include_dashboard=dashboard, num_cpus=os.cpu_count(), _temp_dir=str(temp_dir), **common)
 
 
 def cluster_cpus() -> int:

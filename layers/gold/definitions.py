@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from engine.core.errors import ConfigError, IpaiError
-from engine.core.yamlfile import plain_yaml
+from engine.core.yamlfile import bounded_yaml, plain_yaml
 
 GOLD_SCHEMA = "gold"
 SILVER_SCHEMA = "silver"
@@ -139,7 +138,7 @@ def _load_view(name: str, sql_path: Path) -> GoldView:
 
 def _load_doc(name: str, path: Path) -> tuple[ViewDoc, dict[str, int]]:
     try:
-        data = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+        data = bounded_yaml().load(path.read_text(encoding="utf-8"))  # no aliases, 64 levels at most
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ViewFailed(GoldFailure(name, path, f"invalid YAML: {getattr(exc, 'problem', exc)}",

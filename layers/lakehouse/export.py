@@ -1,11 +1,17 @@
 """Parquet export of a Delta table, for consumers that cannot read Delta.
 
-The export is a folder of plain Parquet files (Hive-partitioned when asked) and a `_SUCCESS` file, written
-last, that records the table and the Delta version exported. It is built in a hidden folder beside the
-destination and renamed into place, so a consumer that waits for `_SUCCESS` never reads a half-written
-export; a re-export replaces the previous one with two renames (for an instant between them the folder is
-absent, never partial). Rows are streamed batch by batch: memory is bounded by a few batches and the open
-files' row groups, not by the table.
+The export is a folder of plain Parquet files (Hive-partitioned when asked), our own marker
+`_IPAI_EXPORT.json`, and a `_SUCCESS` file, written last; both record the table and the Delta version exported.
+It is built in a hidden folder beside the destination and renamed into place, so a consumer that waits for
+`_SUCCESS` never reads a half-written export; a re-export replaces the previous one with two renames (for an
+instant between them the folder is absent, never partial).
+
+Only `_IPAI_EXPORT.json` lets a re-export replace a folder: Spark and Hadoop write `_SUCCESS` too, and a folder
+of theirs must never be deleted because it looks like ours. The destination is a local folder; a URI with
+another scheme is refused, never turned into a folder named after it (`s3://b/x` is not `./s3:/b/x`).
+
+Rows are streamed batch by batch: memory is bounded by a few batches and the open files' row groups, not by
+the table.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from engine.core.errors import ConfigError, IpaiError, NotFound
 
 SUCCESS = "_SUCCESS"
+MARKER = "_IPAI_EXPORT.json"
+"""What makes a folder ours to replace; `_SUCCESS` alone does not (Spark and Hadoop write it too)."""
 BATCH_ROWS = 64 * 1024
 ROWS_PER_FILE = 1_000_000
 
@@ -45,7 +53,7 @@ def export_parquet(table_uri: str, dest_dir: str | Path, *, version: int | None 
                    partition_by: list[str] | None = None,
                    storage_options: dict[str, str] | None = None) -> ExportResult:
     """Export the table at `table_uri` (at `version`, else the latest) as Parquet files into `dest_dir`, a
-    local folder that is created, or replaced when it holds a previous export."""
+    local folder that is created, or replaced when it holds a previous export (its `_IPAI_EXPORT.json`)."""
     dest = _destination(table_uri, dest_dir)
     table = _open(table_uri, version, storage_options)
     dataset = table.to_pyarrow_dataset()
@@ -60,6 +68,7 @@ def export_parquet(table_uri: str, dest_dir: str | Path, *, version: int | None 
         marker = {"table": table_uri, "version": table.version(), "rows": rows, "partition_by": partition_by or [],
                   "files": sorted(str(Path(p).relative_to(staging)) for p in written),
                   "exported_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        _write_marker(staging / MARKER, marker)
         _write_marker(staging / SUCCESS, marker)
         _swap_into_place(staging, dest)
     except BaseException:
@@ -70,8 +79,8 @@ def export_parquet(table_uri: str, dest_dir: str | Path, *, version: int | None 
 
 
 def read_marker(dest_dir: str | Path) -> dict[str, Any] | None:
-    """Return the `_SUCCESS` record of a finished export in `dest_dir`, or None when there is none."""
-    path = Path(dest_dir) / SUCCESS
+    """Return the record of a finished export in `dest_dir` (its `_IPAI_EXPORT.json`), or None when there is none."""
+    path = Path(dest_dir) / MARKER
     if not path.is_file():
         return None
     record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -129,17 +138,39 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _destination(table_uri: str, dest_dir: str | Path) -> Path:
+def local_destination(dest_dir: str | Path) -> Path:
+    """The local folder `dest_dir` names (a path or a `file://` URI); any other URI is refused.
+
+    Takes the text as given: a `Path` would fold `s3://b/x` into the relative folder `s3:/b/x`."""
     text = str(dest_dir)
-    if "://" in text and not text.startswith("file://"):
+    scheme = _scheme(text)
+    if scheme and scheme != "file":
         raise ConfigError(f"export destination {text}: exports go to a local folder (they are swapped into place "
-                          "with a rename); copy the finished folder to object storage afterwards")
-    dest = Path(text.removeprefix("file://")).expanduser().resolve()
+                          f"with a rename); export to object storage ({scheme}://) is not supported yet (a later "
+                          "issue): export to a local folder and copy it there afterwards")
+    return Path(text.removeprefix("file://")).expanduser().resolve()
+
+
+def _scheme(text: str) -> str | None:
+    """The URI scheme of `text` (`s3`, `abfss`, `file`), or None for a plain path (`C:` is not a scheme)."""
+    head, sep, _ = text.partition(":")
+    if not sep or len(head) < 2 or not head[0].isalpha():
+        return None
+    if not all(c.isalnum() or c in "+-." for c in head):
+        return None
+    return head.lower()
+
+
+def _destination(table_uri: str, dest_dir: str | Path) -> Path:
+    dest = local_destination(dest_dir)
     if dest.exists() and not dest.is_dir():
         raise ConfigError(f"export destination {dest} is a file; choose a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / SUCCESS).is_file():
-        raise ConfigError(f"export destination {dest} is not empty and holds no previous export ({SUCCESS}); "
-                          "choose a new or empty folder: a re-export replaces the whole folder")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MARKER).is_file():
+        found = (" (a _SUCCESS alone is not ours: Spark and Hadoop write one too; an export by an older ipai has "
+                 "no marker either: remove it yourself)") if (dest / SUCCESS).exists() else ""
+        raise ConfigError(f"export destination {dest} is not empty and holds no previous export of ours "
+                          f"({MARKER}){found}; nothing was changed: choose a new or empty folder, since a re-export "
+                          "replaces the whole folder")
     if "://" not in table_uri or table_uri.startswith("file://"):
         source = Path(table_uri.removeprefix("file://")).expanduser().resolve()
         if dest.is_relative_to(source) or source.is_relative_to(dest):

@@ -24,19 +24,7 @@ from engine.core.egress import EgressPolicy, EgressRefused, check_host, check_pa
 from engine.core.errors import ConfigError
 from engine.core.protocol import Partition, PlanContext, ReadContext
 from engine.run.sources import egress_policy
-
-
-class StubResolver:
-    """Resolves the test's host names to the addresses it is given, and records every question."""
-
-    def __init__(self, names: dict[str, list[str]]) -> None:
-        self.names, self.asked = names, []
-
-    def __call__(self, host: str, port: int | None) -> list[str]:
-        self.asked.append(host)
-        if host not in self.names:
-            raise OSError(f"unknown test host {host}")
-        return self.names[host]
+from tests.support.egress import StubResolver
 
 
 def policy(allow: str = "", *, local: bool = False, resolve: StubResolver | None = None) -> EgressPolicy:

@@ -65,7 +65,7 @@ def _race(database: Database, settings: Settings, instance: str, fire_at: dateti
     With `hold` (a connection inside a transaction that already queued the instance's run), the racers are
     all in flight against that uncommitted run before it commits."""
     barrier = threading.Barrier(CALLERS + 1)
-    scheduler_db = worker_database(settings)
+    scheduler_db = database  # naming the fire time is an admin's (drills): the worker role ticks only at now()
 
     def call() -> dict[str, Any]:
         with database.connect() as conn:
@@ -124,7 +124,7 @@ def test_simultaneous_rpc_calls_and_a_due_fire_time_make_one_run(database, setti
         with database.connect() as conn:
             slot = conn.execute("select ipai.cron_prev('* * * * *', %s)", (fire_at,)).fetchone()[0]
         answers, enqueued = _race(database, settings, "race", fire_at)
-        with worker_database(settings).connect() as sched:
+        with database.connect() as sched:
             # The next tick, as a scheduler would make it: a fire time is recorded once, whichever tick sees it.
             later = tick(sched, fire_at)
         with database.connect() as conn:
@@ -153,7 +153,7 @@ def test_fire_time_while_an_rpc_run_is_being_queued_is_skipped_naming_it(databas
         first = rpc(hold, "select public.connector_run(%s)", "held")
         assert first["created"] is True
         answers, enqueued = _race(database, settings, "held", fire_at, hold=hold)
-    with worker_database(settings).connect() as sched:
+    with database.connect() as sched:
         later = tick(sched, fire_at)
     with database.connect() as conn:
         run = _assert_one_run(conn, inst, [first, *answers], enqueued + later, slot)

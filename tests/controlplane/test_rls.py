@@ -7,7 +7,8 @@ and verb, from the policy header of `20261130124000_rls.sql`:
 
     own     only the actor's tenant's rows: all of them seen / changed, none of the other tenant's
     all     both tenants' rows
-    active  both tenants' runs still queued or running (a finished run is history)
+    running both tenants' runs still running (a finished run is history; a queued one is claimed only through
+            ipai.claim_run, see test_claimed_runs.py)
     none    nothing: no row seen or changed (zero rows, or refused with a permission or RLS error)
 
 Claims a user can edit (`user_metadata`) must count for nothing: a stranger claiming tenant A and the
@@ -15,7 +16,8 @@ service role, and a member of A claiming B, get exactly what their memberships g
 
 Beyond the matrix: the Vault is closed to anon, users and the worker; a member cannot move a row to the
 other tenant; the worker cannot update a finished run, nor write a row that points at the other tenant's
-rows (a delete there would cascade into it).
+rows (a delete there would cascade into it). The worker inserts runs only as queued follow-ups of a run that
+ended (test_claimed_runs.py), so the probe's `skipped` run is refused to it.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ WORKER = {
     "ipai_tenant_members":   ("none", "none", "none",   "none"),
     "connector_definitions": ("all",  "none", "none",   "none"),
     "connector_instances":   ("all",  "none", "none",   "none"),
-    "connector_runs":        ("all",  "all",  "active", "none"),
+    "connector_runs":        ("all",  "none", "running", "none"),
     "connector_extractions": ("all",  "all",  "all",    "none"),
     "connector_state":       ("all",  "all",  "all",    "none"),
     "connector_run_logs":    ("all",  "all",  "none",   "none"),
@@ -263,7 +265,7 @@ def owner_rows(conn: psycopg.Connection[Any], table: Table, where: str, params: 
 
 
 def allowed_tenants(scope: str, actor: Actor) -> set[str]:
-    return {"own": {actor.tenant} - {None}, "all": {"A", "B"}, "active": {"A", "B"}, "none": set()}[scope]
+    return {"own": {actor.tenant} - {None}, "all": {"A", "B"}, "running": {"A", "B"}, "none": set()}[scope]
 
 
 def cases(*verbs: str) -> list[Any]:
@@ -313,8 +315,8 @@ def test_actor_changes_only_rows_it_owns(world: World, conn: psycopg.Connection[
             target += f" and {table.deletable}"
             statement = f"delete from {table.name} where {target}"
         assert owner_rows(conn, table, target, tenant.ids), f"tenant {label} has rows to {verb} (as the owner sees)"
-        if scope == "active":
-            target += " and status in ('queued', 'running')"
+        if scope == "running":
+            target += " and status = 'running'"
         allowed = label in allowed_tenants(scope, actor)
         expected = len(owner_rows(conn, table, target, tenant.ids)) if allowed else 0
         with acting_as(conn, actor):
@@ -443,13 +445,20 @@ MIXED_ROWS = {  # a row of tenant A (by its instance) pointing at a row of tenan
 }
 
 
+REFUSED_BY_POLICY = {"run of A's instance with B's definition", "retry of B's run"}
+"""A worker inserts runs only as queued follow-ups (20261207120000_claimed_runs.sql): refused before the keys."""
+
+
 @pytest.mark.parametrize("statement", MIXED_ROWS.values(), ids=MIXED_ROWS.keys())
 def test_worker_cannot_link_a_row_to_another_tenants_row(world: World, conn: psycopg.Connection[Any],
                                                           statement: str) -> None:
     """Else a delete in tenant B would cascade into tenant A's rows, or A's row would name B's."""
     ids = {f"{label.lower()}_{k}": v for label, t in world.tenants.items() for k, v in t.ids.items()}
+    name = next(k for k, v in MIXED_ROWS.items() if v == statement)
+    refusal = (psycopg.errors.InsufficientPrivilege if name in REFUSED_BY_POLICY
+               else psycopg.errors.ForeignKeyViolation)
     with acting_as(conn, actors(world)["worker"]):
-        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        with pytest.raises(refusal):
             conn.execute(statement, ids)
     with conn.transaction(force_rollback=True):  # the same statement within one tenant is fine
         same = statement.replace("%(b_", "%(a_")

@@ -236,7 +236,7 @@ def test_a_missing_secret_fails_the_run_before_any_request_naming_it(database, s
         with database.connect() as conn:
             create(conn, spec)
             run_id = rpc(conn, "select public.connector_run(%s)", "gh")["run_id"]
-        serve_one(settings)
+        worker = serve_one(settings)
         with database.connect() as conn:
             run = rpc(conn, "select public.connector_status(%s)", run_id)["run"]
             logs = rpc(conn, "select public.connector_logs(%s)", run_id)["logs"]
@@ -245,7 +245,7 @@ def test_a_missing_secret_fails_the_run_before_any_request_naming_it(database, s
         assert "ipai secret set github_token" in run["error"]
         assert gh.log() == [], "a request went out before the secret was resolved"
         read = [e for e in logs if e["event"] == "secret.read"]
-        assert [e["fields"] for e in read] == [{"secret": "github_token", "found": False}]
+        assert [e["fields"] for e in read] == [{"secret": "github_token", "found": False, "worker": worker.id}]
 
         # The same run with the secret stored reaches the API (so the failure above was the missing secret).
         vault.set("github_token", TOKEN)

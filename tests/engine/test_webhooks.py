@@ -25,6 +25,7 @@ from engine.run.driver import RunOptions, prepare_run
 from engine.core.errors import RunFailed, SpecError
 from engine.core.secrets import Redactor
 from connectors.specload import parse_spec
+from tests.support.egress import StubResolver
 from tests.support.syncing import sync
 from tests.support.vault import Vault
 
@@ -144,7 +145,7 @@ def logs(database: Database, run_id: str) -> list[dict[str, Any]]:
 def test_a_finished_run_posts_one_signed_summary_to_each_webhook_that_wants_it(
     settings: Settings, database: Database, receiver: Receiver, signing: str,
 ) -> None:
-    text = spec_text(hook(receiver.url("/hook/sync-done?token=abc")),
+    text = spec_text(hook(receiver.url("/hook/sync-done?source=ipai")),
                      hook(receiver.url("/hook/alerts"), events="[failed]"))
     result = sync(settings, database, text)
     assert result.status == "succeeded"
@@ -284,6 +285,49 @@ def test_retries_back_off_honour_retry_after_and_stop(
     assert outcome["event"] == ("webhook.delivered" if statuses[-1] == 200 else "webhook.failed")
     if statuses[-1] is None:
         assert recorded[-1][6] == "ConnectError: connection refused"
+
+
+def announce_to(database: Database, url: str, egress: EgressPolicy) -> str:
+    """A finished run of a spec whose one webhook is `url`, announced under `egress`; returns the run id."""
+    text = spec_text(hook(url))
+    spec = parse_spec(text)
+    _, run_id = prepare_run(spec, text, db=database, options=RunOptions())
+    with database.connect() as conn:
+        records.finish_run(conn, run_id, status="succeeded")
+        webhooks.announce(conn, (webhooks.Target(spec.webhooks[0], "k" * 16),), spec=spec, run_id=run_id,
+                          redact=Redactor(()), egress=egress, sleep=lambda s: None)
+    return run_id
+
+
+def test_a_name_that_rebinds_after_the_check_is_still_posted_to_the_checked_address(
+    database: Database, receiver: Receiver,
+) -> None:
+    receiver.key = b"k" * 16
+    port = receiver.server.server_address[1]
+    # The first answer is the receiver; any later lookup would lead to the metadata service instead.
+    stub = StubResolver({"hooks.test": [["127.0.0.1"], ["169.254.169.254"]]})
+    run_id = announce_to(database, f"http://hooks.test:{port}/hook",
+                         EgressPolicy(allow_hosts=("hooks.test",), resolve=stub))
+
+    [got] = receiver.received
+    assert got.headers["Host"] == f"hooks.test:{port}", "the name travels in Host, the checked address is dialled"
+    assert stub.asked == ["hooks.test"], "one lookup: the connection went to the address that was checked"
+    assert [(a, s, d) for a, s, d, *_ in deliveries(database, run_id)] == [(1, 200, True)]
+
+
+def test_a_name_resolving_to_a_metadata_address_is_refused_before_connecting(
+    database: Database, receiver: Receiver,
+) -> None:
+    receiver.key = b"k" * 16
+    port = receiver.server.server_address[1]
+    stub = StubResolver({"hooks.test": ["169.254.169.254"]})
+    run_id = announce_to(database, f"http://hooks.test:{port}/hook",
+                         EgressPolicy(allow_hosts=("hooks.test",), resolve=stub))  # listed, and still refused
+
+    assert receiver.received == []
+    [(attempt, status, delivered, _, _, _, error)] = deliveries(database, run_id)
+    assert (attempt, status, delivered) == (1, None, False)
+    assert error.startswith("refused: host hooks.test resolves to 169.254.169.254, a cloud metadata address")
 
 
 @pytest.mark.parametrize(("url", "said"), [

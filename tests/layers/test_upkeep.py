@@ -16,7 +16,7 @@ from engine.cli.main import app
 from engine.core.errors import ConfigError, NotFound
 from layers.addressing import Address
 from layers.bronze.delta import DeltaBronzeTable
-from layers.lakehouse.export import SUCCESS, export_parquet
+from layers.lakehouse.export import MARKER, SUCCESS, export_parquet, read_marker
 from layers.lakehouse.upkeep import (
     TableRef,
     UpkeepOptions,
@@ -200,6 +200,39 @@ def test_export_is_the_table_at_that_version_and_is_replaced_whole(lakehouse, tm
     with pytest.raises(NotFound, match="no version 9; its latest is 3"):
         export_parquet(writer.uri, dest, version=9)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_a_spark_folder_with_its_own_success_file_is_never_replaced(lakehouse, tmp_path):
+    """Spark and Hadoop write `_SUCCESS` too: only our `_IPAI_EXPORT.json` lets a re-export replace a folder."""
+    writer = bronze(lakehouse, appends=2)
+    spark = tmp_path / "spark_job_output"
+    spark.mkdir()
+    (spark / SUCCESS).write_text("")
+    (spark / "part-00000-abc.snappy.parquet").write_bytes(b"their data")
+
+    with pytest.raises(ConfigError, match=r"holds no previous export of ours \(_IPAI_EXPORT.json\).*Spark"):
+        export_parquet(writer.uri, spark)
+
+    assert sorted(p.name for p in spark.iterdir()) == [SUCCESS, "part-00000-abc.snappy.parquet"]
+    assert (spark / "part-00000-abc.snappy.parquet").read_bytes() == b"their data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lakehouse", "spark_job_output"]  # no staging left
+
+    ours = tmp_path / "ours"
+    export_parquet(writer.uri, ours)
+    assert read_marker(ours)["rows"] == 100 and (ours / MARKER).is_file() and (ours / SUCCESS).is_file()
+    assert export_parquet(writer.uri, ours).rows == 100  # our own marker: replaced
+
+
+def test_export_to_an_object_store_uri_is_refused_without_making_a_folder(lakehouse, tmp_path, monkeypatch):
+    bronze(lakehouse, appends=1)
+    monkeypatch.chdir(tmp_path)
+    refused = ipai(tmp_path, "export", "raw_shop_orders", "--to", "s3://b/x", "--lakehouse", lakehouse)
+    assert refused.exit_code == 2
+    assert "export destination s3://b/x" in refused.stderr and "object storage (s3://)" in refused.stderr
+    assert not (tmp_path / "s3:").exists()
+    with pytest.raises(ConfigError, match="abfss://"):
+        export_parquet(lakehouse, "abfss://c@a.dfs.core.windows.net/x")
+    assert not (tmp_path / "abfss:").exists()
 
 
 def ipai(tmp_path: Path, *args: str):

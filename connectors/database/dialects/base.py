@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -20,6 +19,7 @@ from connectors.database.guard import SourceAccess
 from connectors.database.spec import TableSpec
 from engine.core.errors import ConfigError
 from engine.core.spec import redact_url
+from engine.core.urls import password_of
 from engine.core.sql import quote_ident
 
 
@@ -186,6 +186,6 @@ def first_line(exc: BaseException) -> str:
 
 def driver_message(url: str, exc: BaseException) -> str:
     """A driver's error in one line, with the URL's password masked wherever the driver echoed it."""
-    password = urlsplit(url).password
+    password = password_of(url)
     text = redact_url(first_line(exc))
     return text.replace(password, "***") if password else text
