@@ -41,6 +41,9 @@ from engine.core.secrets import Redactor, SecretStore
 
 USER_AGENT = "ipai-data-connectors/0.1 (+https://github.com/ipai)"
 MAX_REDIRECTS = 5
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+"""A page larger than this fails the request (terminal, not retried) instead of filling the reader's memory:
+RELIABILITY 15. APIs page far below it; one that does not is asked for smaller pages (the stream's page size)."""
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 """Never sent past a redirect to another origin, whoever set them."""
 RATE_LIMITED_RETRIES = 60
@@ -205,7 +208,7 @@ class Requester:
                     headers=headers, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=self.retry.timeout_s),
                 ) as resp:
-                    data = await resp.read()
+                    data = await _read_capped(resp, self.redact(url))
                     out = Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data, str(resp.url))
             except EgressRefused as exc:
                 raise HttpFailed(f"request to {self.redact(url)} refused: {exc}") from None
@@ -329,3 +332,20 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, shown: str) -> bytes:
+    """The response body, refused past MAX_PAGE_BYTES as soon as it is known to be larger (by Content-Length,
+    else while reading), so a 200 MB page never sits in memory whole."""
+    limit = MAX_PAGE_BYTES
+    too_big = (f"the response of {shown} is larger than {limit // (1024 * 1024)} MiB, more than one page should "
+               "be: ask the API for fewer records per page (the stream's page size)")
+    if resp.content_length is not None and resp.content_length > limit:
+        raise HttpFailed(f"{too_big} (Content-Length {resp.content_length:,} bytes)")
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(1024 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise HttpFailed(too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import warnings
 from dataclasses import dataclass, field, replace
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from connectors import SOURCE_TYPES
 from engine.controlplane.settings import Settings
+from engine.core.urls import beyond_this_machine
 from engine.core.errors import DatabaseUnreachable
 from engine.core.private import private_dir
 from engine.core.spec import redact_url
@@ -111,18 +111,7 @@ def default_sslmode(url: str) -> str | None:
     if params.get("sslmode") or os.environ.get("PGSSLMODE"):
         return None
     hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
-    if all(_is_local(h.strip()) for h in hosts.split(",")):
-        return None
-    return "require"
-
-
-def _is_local(host: str) -> bool:
-    if not host or host.startswith("/") or host.lower() == "localhost":
-        return True  # no host or a folder: a Unix socket
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return "require" if beyond_this_machine(f"host={hosts}" if hosts else "") else None
 
 
 def _escape_option(value: str) -> str:

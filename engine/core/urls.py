@@ -95,3 +95,39 @@ def _credential_param(found: object) -> str | None:
         if m.group("value") and is_credential_name(unquote(m.group("name"))):
             return f"a credential in its parameter `{m.group('name')}=`"
     return None
+
+
+def beyond_this_machine(url: str) -> bool:
+    """True when the PostgreSQL `url` (URL or `key=value`) names a host that is not loopback or a Unix socket."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    hosts = str(params.get("hostaddr") or params.get("host") or "")
+    return not all(_local(h.strip()) for h in hosts.split(","))
+
+
+def with_tls(url: str) -> str:
+    """The PostgreSQL `url` with `sslmode=require` added when it reaches beyond this machine and chooses no
+    sslmode itself (RELIABILITY 20: no plain-text Postgres across a network unless the URL says so, e.g.
+    `sslmode=disable`). `require` encrypts without checking the certificate: production URLs should say
+    `sslmode=verify-full&sslrootcert=...`."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if conninfo_to_dict(url).get("sslmode") or not beyond_this_machine(url):
+        return url
+    if "://" not in url:
+        return f"{url} sslmode=require"
+    base, _, fragment = url.partition("#")
+    joined = f"{base}{'&' if '?' in base else '?'}sslmode=require"
+    return f"{joined}#{fragment}" if fragment else joined
+
+
+def _local(host: str) -> bool:
+    import ipaddress
+
+    if not host or host.startswith("/") or host.startswith("@") or host.lower() == "localhost":
+        return True  # no host, or a folder: a Unix socket
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -23,6 +23,7 @@ from engine.core.errors import ConfigError
 from engine.core.protocol import Partition, PlanContext, Stream
 from engine.core.spec import SecretRef, selected_streams
 from engine.core.sql import describe_error
+from engine.core.urls import with_tls
 from engine.run.context import RunContext
 from engine.run.progress import RunProgress
 from engine.run.upgrade import move_legacy_tables
@@ -171,6 +172,7 @@ def _bronze_target(ctx: RunContext, stream: str) -> BronzeTarget:
         pg_url = ctx.secrets[url.secret] if isinstance(url, SecretRef) else url or ctx.db.url
         if url is not None:
             _check_destination(ctx, pg_url)
+            pg_url = with_tls(pg_url)
     return BronzeTarget(table, delta_uri, pg_url, dest.postgres.bronze_schema or address.schema("bronze"),
                         quarantine=address.quarantine_table(stream))
 

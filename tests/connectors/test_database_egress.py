@@ -247,3 +247,25 @@ def test_pg_environment_variables_do_not_change_where_or_as_whom_a_source_connec
     assert sorted(r["id"] for r in rows) == list(range(1, 51))
     expected_db = urlsplit(source_database.url).path.lstrip("/")
     assert {(r["who"], r["db"], r["read_only"]) for r in rows} == {("postgres", expected_db, "on")}
+
+
+def test_a_postgres_connection_across_a_network_requires_tls_unless_the_url_chooses():
+    """RELIABILITY 20: no plain-text Postgres beyond this machine unless the URL says so."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from connectors.database.dialects.postgres import conninfo
+    from engine.core.urls import with_tls
+
+    resolve = StubResolver({"warehouse.test": ["93.184.216.34"]})
+    remote = conninfo_to_dict(conninfo("postgresql://reader@warehouse.test/app", policy(resolve=resolve)))
+    assert (remote["hostaddr"], remote["sslmode"]) == ("93.184.216.34", "require")
+    chosen = conninfo("postgresql://reader@warehouse.test/app?sslmode=verify-full", policy(resolve=resolve))
+    assert conninfo_to_dict(chosen)["sslmode"] == "verify-full"
+    here = conninfo_to_dict(conninfo("postgresql://reader@127.0.0.1/app", policy(local=True)))
+    assert here["sslmode"] == "prefer"
+    assert with_tls("postgresql://u@db.example.com:5432/x") == "postgresql://u@db.example.com:5432/x?sslmode=require"
+    assert with_tls("postgresql://u@db.example.com/x?connect_timeout=5").endswith("?connect_timeout=5&sslmode=require")
+    assert with_tls("host=db.example.com dbname=x") == "host=db.example.com dbname=x sslmode=require"
+    for unchanged in ("postgresql://u@db.example.com/x?sslmode=disable", "postgresql://u@127.0.0.1/x",
+                      "postgresql://u@localhost/x", "postgresql:///x?host=/var/run/postgresql"):
+        assert with_tls(unchanged) == unchanged

@@ -364,3 +364,13 @@ def test_headers_that_carry_no_credentials_are_accepted() -> None:
     spec = parse_spec(HTTP_SPEC.format(base_url="https://api.example.com/v1?version=2",
                                        headers="{Accept: application/json, X-GitHub-Api-Version: '2022-11-28'}"))
     assert spec.source.headers == {"Accept": "application/json", "X-GitHub-Api-Version": "2022-11-28"}  # type: ignore[attr-defined]
+
+
+def test_plain_http_beyond_this_machine_is_refused_unless_the_operator_lists_the_host():
+    """RELIABILITY 20: a base URL or redirect in plain text goes nowhere but loopback in dev mode or a host the
+    operator lists."""
+    with pytest.raises(EgressRefused, match=r"http://api\.example\.com/v2 is not https://; plain HTTP is allowed "
+                                            r"only to loopback in dev mode"):
+        EgressPolicy().check_url("http://api.example.com/v2?key=x")
+    EgressPolicy(allow_hosts=("api.example.com",)).check_url("http://api.example.com/v2")
+    EgressPolicy().check_url("https://api.example.com/v2")

@@ -34,6 +34,7 @@ from connectors.database.spec import TableSpec
 from engine.core.egress import EgressPolicy, check_host
 from engine.core.errors import ConfigError
 from engine.core.spec import redact_url
+from engine.core.urls import beyond_this_machine
 from engine.core.sql import quote_ident
 
 NATIVE = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "date",
@@ -146,6 +147,12 @@ class PostgresDialect(Dialect):
         return None
 
 
+def _beyond(host: str, addresses: tuple[str, ...]) -> bool:
+    """Whether the connection crosses a network: then TLS is required unless the URL chooses (RELIABILITY 20)."""
+    return beyond_this_machine(make_conninfo("", host=host, hostaddr=",".join(addresses)) if addresses
+                               else make_conninfo("", host=host))
+
+
 def conninfo(url: str, egress: EgressPolicy, *, read_only: bool = True) -> str:
     """The libpq connection string for a source `url`: its host checked against `egress` and pinned to the
     checked addresses, every parameter that says where or as whom given explicitly (see the module docstring),
@@ -174,7 +181,7 @@ def conninfo(url: str, egress: EgressPolicy, *, read_only: bool = True) -> str:
     params = {**given, "host": ",".join([host] * len(addresses)) or host, "hostaddr": ",".join(addresses),
               "port": port, "user": user, "dbname": given.get("dbname") or user,
               "password": given.get("password") or "", "passfile": NO_FILE, "sslcert": NO_FILE, "sslkey": NO_FILE,
-              "sslmode": given.get("sslmode") or "prefer", "connect_timeout": given.get("connect_timeout") or "10"}
+              "sslmode": given.get("sslmode") or ("require" if _beyond(host, addresses) else "prefer"), "connect_timeout": given.get("connect_timeout") or "10"}
     if read_only:
         params["options"] = f"{given.get('options') or ''} -c default_transaction_read_only=on".strip()
     return make_conninfo("", **params)
