@@ -10,11 +10,16 @@ def quote_ident(name: str) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for an error from ADBC or the database: Postgres's own message (ADBC's text ends with the
-    SQLSTATE on a line of its own, which is all a first- or last-line summary would keep)."""
+    """One line for an error from ADBC or psycopg: Postgres's own message (ADBC's text ends with the SQLSTATE on
+    a line of its own, and an error raised in a PL/pgSQL function with its CONTEXT lines, which is all a first-
+    or last-line summary would keep)."""
     details = dict(getattr(exc, "details", None) or ())
     primary = details.get(b"PG_DIAG_MESSAGE_PRIMARY")
     if isinstance(primary, bytes):
         state = getattr(exc, "sqlstate", None)
         return primary.decode(errors="replace") + (f" (SQLSTATE {state})" if state else "")
+    diag = getattr(exc, "diag", None)  # psycopg: the message alone, not the PL/pgSQL context lines after it
+    if diag is not None and getattr(diag, "message_primary", None):
+        extra = [f"{label}: {v}" for label, v in (("detail", diag.message_detail), ("hint", diag.message_hint)) if v]
+        return str(diag.message_primary) + (f" ({'; '.join(extra)})" if extra else "")
     return " ".join(str(exc).split())

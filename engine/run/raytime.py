@@ -97,7 +97,8 @@ def describe(exc: BaseException) -> str:
         inner = getattr(exc, "cause", None)
         if inner is not None:
             cause = inner
-    if getattr(cause, "details", None):  # a database driver's error (ADBC): the server's own message
+    if getattr(cause, "details", None) or getattr(getattr(cause, "diag", None), "message_primary", None):
+        # a database driver's error (ADBC, psycopg): the server's own message, not its context lines
         return redact_url(f"{type(cause).__name__}: {describe_error(cause)}")
     text = str(cause).strip().splitlines()
     first = next((line for line in reversed(text) if line.strip()), type(cause).__name__) if text else type(cause).__name__
