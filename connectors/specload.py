@@ -12,9 +12,9 @@ from typing import Any, Union
 
 from pydantic import TypeAdapter, ValidationError
 
-from connectors import CONNECTORS
+from connectors import CONNECTORS, connector_for
 from engine.core.errors import SpecError
-from engine.core.spec import ConnectorSpec
+from engine.core.spec import ConnectorSpec, selected_streams
 from engine.core.yamlfile import SpecIssue, plain_yaml, position, read_mapping, read_text, validation_issues
 
 
@@ -37,10 +37,36 @@ def parse_spec(text: str, *, filename: str = "<spec>") -> ConnectorSpec:
 
     model = CONNECTORS[source_type].spec_model
     try:
-        return model.model_validate(plain_yaml(data))
+        spec: ConnectorSpec = model.model_validate(plain_yaml(data))
     except ValidationError as exc:
         issues = validation_issues(filename, data, exc)
         raise SpecError("\n".join(str(i) for i in issues), issues=issues) from None
+    issues = _without_change_log(spec, data, filename)
+    if issues:
+        raise SpecError("\n".join(str(i) for i in issues), issues=issues)
+    return spec
+
+
+def _without_change_log(spec: ConnectorSpec, data: Any, filename: str) -> list[SpecIssue]:
+    """An issue for each selected stream asked to follow a change log (`sync_mode: cdc`) it does not have,
+    so the spec is refused when validated, not when a run starts."""
+    if spec.sync_mode != "cdc" and not any(s.sync_mode == "cdc" for s in spec.streams):
+        return []
+    try:
+        offered = {s.name: s for s in connector_for(spec).streams(spec)}
+        names = selected_streams(spec, list(offered))
+    except Exception:  # noqa: BLE001 - streams that cannot be listed offline: the run checks when it plans
+        return []
+    where = {s.name: i for i, s in enumerate(spec.streams) if s.sync_mode is not None}
+    issues = []
+    for name in names:
+        if spec.stream_mode(name) == "cdc" and not getattr(offered[name], "supports_cdc", False):
+            loc: tuple[Any, ...] = ("streams", where[name], "sync_mode") if name in where else ("sync_mode",)
+            line, col = position(data, loc)
+            issues.append(SpecIssue(filename, line, col, ".".join(str(p) for p in loc),
+                                    f"stream {name}: source_type {spec.source_type!r} has no change log to follow "
+                                    "(sync_mode cdc); use incremental or full"))
+    return issues
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -21,6 +21,26 @@ from engine.cli.common import errors_reported
 app = typer.Typer(help="IPAI Data Connectors: parallel ELT into a Delta lakehouse and Postgres, on Ray.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
+
+
+def _print_version(asked: bool) -> None:
+    if not asked:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"ipai {version('ipai-data-connectors')}")
+    except PackageNotFoundError:
+        typer.echo("ipai (not installed as a package: install the wheel, or `pip install -e .` in a checkout)")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _root(_version: bool = typer.Option(False, "--version", help="Print the installed version and exit.",
+                                        is_eager=True, callback=_print_version)) -> None:
+    """IPAI Data Connectors: parallel ELT into a Delta lakehouse and Postgres, on Ray."""
+
+
 # Registered in this order, which `ipai --help` lists: the commands, then the groups.
 app.command()(submit.submit)
 app.command()(runs.runs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -96,3 +98,28 @@ def test_a_password_in_a_destination_url_is_refused_without_echoing_it():
     [issue] = issues(text)
     assert issue.startswith("x.yaml:5:10: destinations.postgres.url: Value error, the URL carries a password")
     assert "hunter2" not in issue
+
+
+def test_cdc_on_a_source_without_a_change_log_is_refused_when_validated():
+    """Issue 18: `sync_mode: cdc` is refused by validation, at its line, for streams that cannot follow a change
+    log, not when a run starts; a database table stream may."""
+    with pytest.raises(SpecError) as refused:
+        parse_spec("name: shop\nsource_type: sample\nsync_mode: cdc\n", filename="shop.yaml")
+    assert str(refused.value).startswith("shop.yaml:3:")
+    assert "stream customers: source_type 'sample' has no change log to follow (sync_mode cdc); use incremental " \
+           "or full" in str(refused.value)
+    with pytest.raises(SpecError) as one:
+        parse_spec("name: shop\nsource_type: sample\nstreams:\n  - {name: orders, sync_mode: cdc}\n",
+                   filename="shop.yaml")
+    assert str(one.value).startswith("shop.yaml:4:") and "stream orders:" in str(one.value)
+    assert "customers" not in str(one.value)
+    parse_spec("name: src\nsource_type: database\nsync_mode: cdc\nsource:\n  url: postgresql://reader@db.example.com/app\n"
+               "  tables:\n    - {table: public.orders}\n")
+
+
+def test_ipai_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, f"ipai {version('ipai-data-connectors')}")
