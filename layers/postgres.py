@@ -13,6 +13,12 @@ import pyarrow as pa
 from engine.core.sql import quote_ident
 
 LEDGER = "_ipai_loads"
+
+
+def ledger_ddl(schema_sql: str) -> str:
+    """CREATE TABLE IF NOT EXISTS for the load ledger of a bronze schema (`schema_sql` already quoted)."""
+    return (f"create table if not exists {schema_sql}.{LEDGER} (table_name text not null, commit_id text not null,"
+            " rows bigint not null, loaded_at timestamptz not null default now(), primary key (table_name, commit_id))")
 UUID_COLUMNS = ("_ipai_run_id", "_ipai_extraction_id")
 """System columns that hold uuids: text in Delta (which has no uuid type), uuid in Postgres."""
 COPY_BATCH_ROWS = 65_536

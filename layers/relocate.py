@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 
 from engine.core.errors import ConfigError
 from engine.core.sql import quote_ident
-from layers.postgres import LEDGER
+from layers.postgres import LEDGER, ledger_ddl
 
 EXTRACTION_COLUMN = "_ipai_extraction_id"
 
@@ -67,9 +67,7 @@ def move_postgres(conn: psycopg.Connection, old: tuple[str, str], new: tuple[str
             conn.execute(f"alter table {target}.{quote_ident(old_name)} rename to {quote_ident(new_name)}")  # type: ignore[arg-type]
         if ledger_table is None or not postgres_exists(conn, old_schema, LEDGER):
             return
-        conn.execute(f"create table if not exists {target}.{LEDGER} (table_name text not null, commit_id text not null,"  # type: ignore[arg-type]
-                     " rows bigint not null, loaded_at timestamptz not null default now(),"
-                     " primary key (table_name, commit_id))")
+        conn.execute(ledger_ddl(target))  # type: ignore[arg-type]
         conn.execute(f"insert into {target}.{LEDGER} (table_name, commit_id, rows, loaded_at)"  # type: ignore[arg-type]
                      f" select %s, commit_id, rows, loaded_at from {source}.{LEDGER} where table_name = %s"
                      " on conflict do nothing", (new_name if ledger_table == old_name else ledger_table, ledger_table))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from engine.controlplane import tokens
 from engine.controlplane.settings import Settings
 from engine.core.errors import ConfigError
 from engine.core.private import open_private, private_dir
+from engine.core.urls import on_this_machine
 
 SERVER_FILE = Path(__file__).resolve().parents[2] / "mcp" / "server.py"
 WORKER_STOP_S = 30.0
@@ -113,12 +113,7 @@ def check_bind(host: str, *, tls_cert: Path | None, tls_key: Path | None, insecu
 
 def is_loopback(host: str) -> bool:
     """Whether `host` is this machine only (localhost, 127.0.0.0/8, ::1); a name other than localhost is not."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return bool(host) and not host.startswith(("/", "@")) and on_this_machine(host)
 
 
 @contextmanager

@@ -39,9 +39,10 @@ def gold_scopes(conn: psycopg.Connection[Any], server: str, *, tenant: str | Non
     return [GoldScope(t, e, tuple(tables)) for (t, e), tables in found.items()]
 
 
-def scope_for(conn: psycopg.Connection[Any], postgres_url: str, *, tenant: str, env: str) -> GoldScope:
-    """The scope of one tenant and env on the server at `postgres_url` (empty when it has no silver yet)."""
-    scopes = gold_scopes(conn, server_identity(postgres_url), tenant=tenant, env=env)
+def scope_for(conn: psycopg.Connection[Any], server: str, *, tenant: str, env: str) -> GoldScope:
+    """The scope of one tenant and env on `server` (`locations.server_identity`; empty when it has no silver
+    yet)."""
+    scopes = gold_scopes(conn, server, tenant=tenant, env=env)
     return scopes[0] if scopes else GoldScope(tenant, env)
 
 

@@ -103,7 +103,7 @@ def beyond_this_machine(url: str) -> bool:
 
     params = conninfo_to_dict(url)
     hosts = str(params.get("hostaddr") or params.get("host") or "")
-    return not all(_local(h.strip()) for h in hosts.split(","))
+    return not all(on_this_machine(h.strip()) for h in hosts.split(","))
 
 
 def with_tls(url: str) -> str:
@@ -122,11 +122,12 @@ def with_tls(url: str) -> str:
     return f"{joined}#{fragment}" if fragment else joined
 
 
-def _local(host: str) -> bool:
+def on_this_machine(host: str) -> bool:
+    """Whether `host` is this machine only: no host or a folder (a Unix socket), localhost, 127.0.0.0/8, ::1."""
     import ipaddress
 
     if not host or host.startswith("/") or host.startswith("@") or host.lower() == "localhost":
-        return True  # no host, or a folder: a Unix socket
+        return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

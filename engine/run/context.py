@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from engine.controlplane import records
+from engine.controlplane import locations, records
 from engine.controlplane.db import Database
 from engine.controlplane.settings import Settings
 from engine.controlplane.vault import VaultSecretStore
@@ -52,10 +52,19 @@ class RunContext:
     secrets: dict[str, str] = field(default_factory=dict)
     redact: Redactor = field(default_factory=lambda: Redactor(()))
     timings: dict[str, float] = field(default_factory=dict)
+    servers: dict[str, str] = field(default_factory=dict)
+    """Destination URL -> its server's identity (`locations.server_identity`), looked up once per run."""
 
     def log(self, level: str, event: str, message: str, **fields: Any) -> None:
         """Record one structured log line on the run."""
         records.log(self.conn, self.run_id, level, event, message, **fields)
+
+    def server_of(self, url: str) -> str:
+        """The identity of the Postgres server at `url`, asked once per run (claims and gold both need it);
+        raises psycopg.Error when it cannot be reached."""
+        if url not in self.servers:
+            self.servers[url] = locations.server_identity(url)
+        return self.servers[url]
 
     @cached_property
     def source_options(self) -> dict[str, Any]:

@@ -98,7 +98,6 @@ def claim_tables(ctx: RunContext, targets: dict[str, BronzeTarget]) -> None:
     lakehouse = spec.destinations.lakehouse.uri or ctx.settings.lakehouse_uri
     silver = "silver" in spec.layers
     found: list[locations.Location] = []
-    servers: dict[str, str] = {}
     for name, t in targets.items():
         if t.delta_uri:
             found.append(locations.delta_location(t.delta_uri, layer="bronze", stream=name, setting=lake_setting))
@@ -108,9 +107,7 @@ def claim_tables(ctx: RunContext, targets: dict[str, BronzeTarget]) -> None:
                 uri = address.delta_uri(lakehouse, "silver", address.silver_table(name))
                 found.append(locations.delta_location(uri, layer="silver", stream=name, setting=lake_setting))
         if t.postgres_url:
-            if t.postgres_url not in servers:
-                servers[t.postgres_url] = _server(ctx, t.postgres_url)
-            server = servers[t.postgres_url]
+            server = _server(ctx, t.postgres_url)
             found.append(locations.postgres_location(server, t.postgres_schema, t.table, layer="bronze",
                                                      stream=name, setting=bronze_setting))
             found.append(locations.postgres_location(server, t.postgres_schema, t.quarantine_table,
@@ -125,7 +122,7 @@ def claim_tables(ctx: RunContext, targets: dict[str, BronzeTarget]) -> None:
 
 def _server(ctx: RunContext, url: str) -> str:
     try:
-        return locations.server_identity(url)
+        return ctx.server_of(url)
     except psycopg.Error as exc:
         raise ConfigError(f"the Postgres destination cannot be reached: {ctx.redact(describe_error(exc))}; "
                           "check destinations.postgres.url (or IPAI_DATABASE_URL)") from None

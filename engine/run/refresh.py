@@ -92,7 +92,7 @@ def refresh_gold(ctx: RunContext, streams: Iterable[StreamRun]) -> None:
     if url is None:
         return
     try:
-        scope = gold.scope_for(ctx.conn, url, tenant=ctx.address.tenant, env=ctx.address.env)
+        scope = gold.scope_for(ctx.conn, ctx.server_of(url), tenant=ctx.address.tenant, env=ctx.address.env)
         result = refresh_gold_views(url, scope)
     except (IpaiError, psycopg.Error) as exc:
         ctx.log("warning", "gold.failed", f"gold views not applied: {ctx.redact(str(exc))}")

@@ -11,17 +11,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from engine.controlplane.db import Database
 from engine.controlplane.settings import Settings
 from engine.core.egress import CONTROL_PLANE_ENV, ControlPlane, EgressPolicy
+from engine.core.urls import beyond_this_machine
 
 
 def source_options(settings: Settings, db: Database, *, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -40,17 +39,8 @@ def on_this_machine(database_url: str | None) -> bool:
     if not database_url:
         return True
     try:
-        params = conninfo_to_dict(database_url)
+        return not beyond_this_machine(database_url)
     except psycopg.ProgrammingError:
-        return False
-    hosts = [h for h in str(params.get("hostaddr") or params.get("host") or "").split(",") if h]
-    return not hosts or all(h.startswith(("/", "@")) or h == "localhost" or _loopback(h) for h in hosts)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
         return False
 
 

@@ -46,13 +46,13 @@ def move_legacy_tables(ctx: RunContext, targets: dict[str, BronzeTarget]) -> Non
     moves = [m for name, target in targets.items() for m in _candidates(ctx, name, target)]
     if not moves:
         return
-    mine = {str(r[0]) for r in ctx.conn.execute("select id from connector_extractions where instance_id = %s",
-                                                (ctx.instance_id,))}
     url = next((t.postgres_url for t in targets.values() if t.postgres_url), None)
-    if not mine:
-        return  # a new instance: nothing old can be its
     with (psycopg.connect(url, autocommit=True) if url else _NoConnection()) as conn:
         todo = [m for m in moves if _old_exists(conn, m) and not _new_exists(conn, m)]
+        if not todo:
+            return  # the common case, every run after the upgrade: a few catalog lookups, nothing read
+        mine = {str(r[0]) for r in ctx.conn.execute("select id from connector_extractions where instance_id = %s",
+                                                    (ctx.instance_id,))}
         rows_of = {(m.stream, m.kind): _extractions(conn, m) for m in todo if m.layer == "bronze"}
         ours = {stream for (stream, _), found in rows_of.items() if found & mine}
         foreign = {stream for (stream, _), found in rows_of.items() if stream in ours and found - mine}
@@ -135,14 +135,14 @@ def _extractions(conn: psycopg.Connection | None, m: _Move) -> set[str]:
 
 
 def _claimed_by_another(ctx: RunContext, m: _Move) -> bool:
+    params: tuple[str, ...]
     if m.kind == "delta":
         key = locations.delta_location(m.old[0], layer=m.layer, stream=m.stream, setting="name").key
-        row = ctx.conn.execute("select instance_id from ipai_data_locations where location = %s", (key,)).fetchone()
+        where, params = "location = %s", (key,)
     else:
-        row = ctx.conn.execute("select instance_id from ipai_data_locations where layer = %s and schema_name = %s"
-                               " and table_name = %s and instance_id <> %s limit 1",
-                               (m.layer, m.old[0], m.old[1], ctx.instance_id)).fetchone()
-    return row is not None and str(row[0]) != ctx.instance_id
+        where, params = "layer = %s and schema_name = %s and table_name = %s", (m.layer, m.old[0], m.old[1])
+    return ctx.conn.execute(f"select exists (select from ipai_data_locations where {where} and instance_id <> %s)",
+                            (*params, ctx.instance_id)).fetchone() == (True,)
 
 
 def _label(place: tuple[str, str], kind: str) -> str:

@@ -15,7 +15,9 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
 from engine.core.sql import quote_ident
-from layers.postgres import ARROW_OF, LEDGER, column_types, create_layer_schema, ingest, load_as_layer_owner
+from layers.postgres import (
+    ARROW_OF, LEDGER, column_types, create_layer_schema, ingest, ledger_ddl, load_as_layer_owner,
+)
 
 
 class PostgresBronzeTable:
@@ -40,11 +42,7 @@ class PostgresBronzeTable:
                 cur.execute("select pg_advisory_xact_lock(hashtext('ipai bronze setup'))")
                 create_layer_schema(cur, self.schema)
                 load_as_layer_owner(cur, self.schema)
-                cur.execute(
-                    f"create table if not exists {quote_ident(self.schema)}.{LEDGER} ("
-                    " table_name text not null, commit_id text not null, rows bigint not null,"
-                    " loaded_at timestamptz not null default now(), primary key (table_name, commit_id))"
-                )
+                cur.execute(ledger_ddl(quote_ident(self.schema)))
             conn.commit()
         except BaseException:
             conn.close()  # never keep a connection stuck in a failed transaction: the next call starts afresh

@@ -32,6 +32,7 @@ from engine.controlplane.db import Database
 from engine.controlplane.vault import set_secret
 from connectors.specload import parse_spec
 from engine.controlplane.gold import scope_for
+from engine.controlplane.locations import server_identity
 from layers.gold.apply import DEFAULT_DIRECTORY, GoldScope, apply_gold, list_gold, load_gold
 from tests.emulators.odoo import schema as odoo_schema
 from tests.emulators.harness import EmulatorProcess
@@ -189,7 +190,7 @@ def applied(lake: Lake) -> Any:
 
 def prod_scope(conn: psycopg.Connection[Any]) -> GoldScope:
     """The default tenant's prod scope, with the silver tables the registry knows on this server."""
-    return scope_for(conn, conn.info.dsn, tenant="local", env="prod")
+    return scope_for(conn, server_identity(conn.info.dsn), tenant="local", env="prod")
 
 
 def view_rows(lake: Lake, view: str, columns: str = "*") -> list[dict[str, Any]]:
